@@ -1,0 +1,3 @@
+from .shape_spec import ShapeSpec
+
+__all__ = ["ShapeSpec"]
