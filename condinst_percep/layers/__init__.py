@@ -1,9 +1,17 @@
 from .aligned_bilinear import aligned_bilinear
+from .batch_norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm
 from .losses import IOULoss, dice_coefficient, sigmoid_focal_loss_jit
 from .nms import batched_nms, nms
 from .shape_spec import ShapeSpec
+from .wrappers import Conv2d, c2_msra_fill, c2_xavier_fill
 
 __all__ = [
+    "Conv2d",
+    "FrozenBatchNorm2d",
+    "NaiveSyncBatchNorm",
+    "c2_msra_fill",
+    "c2_xavier_fill",
+    "get_norm",
     "IOULoss",
     "aligned_bilinear",
     "batched_nms",

@@ -1,0 +1,166 @@
+"""Normalisation layers with detectron2's semantics and names.
+
+``get_norm(norm, channels)`` maps a config string to a module:
+
+=============  ===============================================================================
+``""``/None    no normalisation (returns None)
+``"BN"``       ``nn.BatchNorm2d``: statistics of this process's batch only
+``"SyncBN"``   :class:`NaiveSyncBatchNorm`: statistics averaged over all processes (gloo or
+               NCCL); exactly ``BN`` when there is one process or no process group
+``"nnSyncBN"`` ``nn.SyncBatchNorm``: torch's implementation, which needs CUDA tensors when a
+               process group of more than one process is initialised
+``"FrozenBN"`` :class:`FrozenBatchNorm2d`: fixed affine transform from stored statistics
+``"GN"``       ``nn.GroupNorm(32, channels)``
+=============  ===============================================================================
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from ..utils import comm
+
+logger = logging.getLogger(__name__)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters, all stored as buffers.
+
+    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias``, per channel, for an
+    (N, C, H, W) input of any float dtype. Buffers are named like BatchNorm2d's (no
+    ``num_batches_tracked``), so MSRA/detectron2/AdelaiDet checkpoints load by name.
+    """
+
+    # 1: no running stats; 2: running_var stored without eps; 3: detectron2's current format.
+    _version = 3
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        # 1 - eps so that a fresh module is the identity.
+        self.register_buffer("running_var", torch.ones(num_features) - eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            # Folding into one multiply-add avoids F.batch_norm saving its input for backward.
+            scale = self.weight * (self.running_var + self.eps).rsqrt()
+            bias = self.bias - self.running_mean * scale
+            return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + bias.reshape(1, -1, 1, 1).to(
+                x.dtype
+            )
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        version = local_metadata.get("version", None)
+        if version is None or version < 2:
+            # Version-1 checkpoints hold only weight and bias: statistics are the identity.
+            state_dict.setdefault(prefix + "running_mean", torch.zeros_like(self.running_mean))
+            state_dict.setdefault(prefix + "running_var", torch.ones_like(self.running_var))
+        if version is not None and version < 3 and prefix + "running_var" in state_dict:
+            logger.info("FrozenBatchNorm %s is upgraded to version 3.", prefix.rstrip("."))
+            # Before version 3, running_var was used without adding eps.
+            state_dict[prefix + "running_var"] = state_dict[prefix + "running_var"] - self.eps
+        # A BatchNorm2d checkpoint (e.g. torchvision's) carries a counter that is meaningless here.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features}, eps={self.eps}"
+
+    @classmethod
+    def convert_frozen_batchnorm(cls, module: nn.Module) -> nn.Module:
+        """Replace every BatchNorm2d/SyncBatchNorm in ``module`` (or ``module`` itself) by a
+        FrozenBatchNorm2d holding its current statistics; returns the converted module."""
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            frozen = cls(module.num_features, module.eps)
+            if module.affine:
+                frozen.weight.copy_(module.weight.detach())
+                frozen.bias.copy_(module.bias.detach())
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+            return frozen
+        for name, child in module.named_children():
+            new_child = cls.convert_frozen_batchnorm(child)
+            if new_child is not child:
+                module.add_module(name, new_child)
+        return module
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose backward is again a sum over processes."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class NaiveSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are averaged over all processes (detectron2's).
+
+    Every process weighs equally (as detectron2's default ``stats_mode=""``), so per-process
+    batches should have equal size. Works with gloo on CPU and NCCL on GPU. In eval mode, or with
+    a single process, it is exactly ``nn.BatchNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        world_size = comm.get_world_size()
+        if world_size == 1 or not self.training:
+            return super().forward(x)
+        c = x.shape[1]
+        dims = [0, 2, 3]
+        stats = torch.cat([x.float().mean(dim=dims), (x.float() ** 2).mean(dim=dims)])
+        stats = _AllReduceSum.apply(stats) * (1.0 / world_size)
+        mean, meansqr = torch.split(stats, c)
+        var = meansqr - mean * mean
+        invstd = torch.rsqrt(var + self.eps)
+        scale = self.weight * invstd
+        bias = self.bias - mean * scale
+        with torch.no_grad():
+            self.running_mean += self.momentum * (mean.detach() - self.running_mean)
+            self.running_var += self.momentum * (var.detach() - self.running_var)
+            self.num_batches_tracked += 1
+        return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + bias.reshape(1, -1, 1, 1).to(x.dtype)
+
+
+_NORMS = {
+    "BN": nn.BatchNorm2d,
+    "SyncBN": NaiveSyncBatchNorm,
+    "nnSyncBN": nn.SyncBatchNorm,
+    "FrozenBN": FrozenBatchNorm2d,
+    "GN": lambda channels: nn.GroupNorm(32, channels),
+}
+
+
+def get_norm(norm: str | None, out_channels: int) -> nn.Module | None:
+    """The normalisation layer named ``norm`` for ``out_channels`` channels, or None for ""."""
+    if not norm:
+        return None
+    if norm not in _NORMS:
+        raise ValueError(
+            f"unknown normalisation {norm!r}; choose one of {sorted(_NORMS)} or '' for none"
+        )
+    if norm == "GN" and out_channels % 32:
+        raise ValueError(f"GN uses 32 groups, but the layer has {out_channels} channels")
+    return _NORMS[norm](out_channels)
