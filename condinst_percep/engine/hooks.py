@@ -1,0 +1,165 @@
+"""Hooks of the default training loop: timing, lr schedule, checkpoints, evaluation, writers."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
+
+from condinst_percep.utils import comm
+from condinst_percep.utils.events import EventWriter
+
+from .train_loop import HookBase
+
+__all__ = [
+    "IterationTimer",
+    "LRScheduler",
+    "PeriodicCheckpointer",
+    "EvalHook",
+    "PeriodicWriter",
+    "flatten_results_dict",
+]
+
+
+class IterationTimer(HookBase):
+    """Puts each iteration's duration as ``time`` and logs the total speed at the end.
+
+    The first ``warmup_iter`` iterations (allocator and cudnn warm-up) are left out of the
+    summary.
+    """
+
+    def __init__(self, warmup_iter: int = 3) -> None:
+        self._warmup_iter = warmup_iter
+        self._step_start = 0.0
+        self._train_start = 0.0
+        self._timed_start = 0.0
+        self._timed_iters = 0
+
+    def before_train(self) -> None:
+        self._train_start = time.perf_counter()
+
+    def before_step(self) -> None:
+        self._step_start = time.perf_counter()
+        if self.trainer.iter == self.trainer.start_iter + self._warmup_iter:
+            self._timed_start = self._step_start
+
+    def after_step(self) -> None:
+        now = time.perf_counter()
+        self.trainer.storage.put_scalars(time=now - self._step_start)
+        if self.trainer.iter >= self.trainer.start_iter + self._warmup_iter:
+            self._timed_iters += 1
+
+    def after_train(self) -> None:
+        logger = logging.getLogger(__name__)
+        total = time.perf_counter() - self._train_start
+        if self._timed_iters > 0:
+            timed = time.perf_counter() - self._timed_start
+            logger.info(
+                f"Overall training speed: {self._timed_iters} iterations in "
+                f"{datetime.timedelta(seconds=int(timed))} ({timed / self._timed_iters:.4f} s / it)"
+            )
+        logger.info(f"Total training time: {datetime.timedelta(seconds=int(total))}")
+
+
+class LRScheduler(HookBase):
+    """Records the lr used by this iteration and steps the scheduler after the optimizer."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self._optimizer = optimizer
+        self._scheduler = scheduler
+        # The group with the most parameters represents "the" lr (bias groups may differ).
+        self._best_group = max(
+            range(len(optimizer.param_groups)), key=lambda i: len(optimizer.param_groups[i]["params"])
+        )
+
+    def after_step(self) -> None:
+        lr = self._optimizer.param_groups[self._best_group]["lr"]
+        self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
+        self._scheduler.step()
+
+
+class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
+    """Saves ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` when
+    training completes (main process only; the checkpointer writes atomically)."""
+
+    def before_train(self) -> None:
+        self.max_iter = self.trainer.max_iter
+
+    def after_step(self) -> None:
+        # fvcore saves model_final on the last iteration itself; leave that to after_train.
+        if self.trainer.iter + 1 < self.trainer.max_iter:
+            self.step(self.trainer.iter)
+
+    def after_train(self) -> None:
+        if self.trainer.completed:
+            self.checkpointer.save(f"{self.file_prefix}_final", iteration=self.trainer.max_iter - 1)
+
+
+class EvalHook(HookBase):
+    """Runs ``eval_function()`` every ``eval_period`` iterations and after the last one, and
+    puts its results (``{"bbox": {"AP": ...}, "segm": {...}}``) into the storage as
+    ``bbox/AP``, ``segm/AP``, ... Every process must run it: evaluation is collective."""
+
+    def __init__(self, eval_period: int, eval_function: Callable[[], dict[str, Any]]) -> None:
+        self._period = eval_period
+        self._func = eval_function
+
+    def _do_eval(self) -> None:
+        results = self._func()
+        if results:
+            flattened = flatten_results_dict(results)
+            for k, v in flattened.items():
+                try:
+                    float(v)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(
+                        f"Evaluation result {k!r} = {v!r} is not a number; the eval function "
+                        "must return nested dicts of floats"
+                    ) from e
+            self.trainer.storage.put_scalars(**flattened, smoothing_hint=False)
+        # Processes finish evaluation at different times; wait so the next step starts together.
+        comm.synchronize()
+
+    def after_step(self) -> None:
+        next_iter = self.trainer.iter + 1
+        if self._period > 0 and next_iter % self._period == 0 and next_iter != self.trainer.max_iter:
+            self._do_eval()
+
+    def after_train(self) -> None:
+        if self.trainer.completed:
+            self._do_eval()
+
+
+class PeriodicWriter(HookBase):
+    """Calls every writer every ``period`` iterations, on the last one, and after training."""
+
+    def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
+        self._writers = writers
+        self._period = period
+
+    def after_step(self) -> None:
+        if (self.trainer.iter + 1) % self._period == 0 or self.trainer.iter == self.trainer.max_iter - 1:
+            for writer in self._writers:
+                writer.write()
+
+    def after_train(self) -> None:
+        for writer in self._writers:
+            # Runs even after an exception: whatever was measured reaches the files.
+            writer.write()
+            writer.close()
+
+
+def flatten_results_dict(results: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"bbox": {"AP": 1.0}}`` -> ``{"bbox/AP": 1.0}``, at any depth."""
+    flat: dict[str, Any] = {}
+    for k, v in results.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            flat.update(flatten_results_dict(v, key))
+        else:
+            flat[key] = v
+    return flat

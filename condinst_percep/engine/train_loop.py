@@ -1,0 +1,215 @@
+"""The training loop: hooks around an iteration, and the iteration itself (forward, loss check,
+backward with optional autocast and grad scaling, clipping, optimizer step)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from condinst_percep.utils import comm
+from condinst_percep.utils.events import EventStorage, get_event_storage
+
+__all__ = ["HookBase", "TrainerBase", "SimpleTrainer", "AMP_DTYPES"]
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class HookBase:
+    """Called by the trainer at fixed points; ``self.trainer`` is set when registered.
+
+    ``after_train`` also runs when training raises; ``self.trainer.completed`` tells whether
+    the last iteration finished, so final checkpoints and evaluations only happen then.
+    """
+
+    trainer: "TrainerBase"
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_step(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+
+class TrainerBase:
+    """Runs ``run_step`` for iterations ``[start_iter, max_iter)`` between registered hooks."""
+
+    def __init__(self) -> None:
+        self._hooks: list[HookBase] = []
+        self.iter = 0
+        self.start_iter = 0
+        self.max_iter = 0
+        self.completed = False
+        self.storage: EventStorage
+
+    def register_hooks(self, hooks: Iterable[HookBase | None]) -> None:
+        for hook in hooks:
+            if hook is None:
+                continue
+            # A weak reference avoids a cycle trainer -> hook -> trainer.
+            hook.trainer = weakref.proxy(self)
+            self._hooks.append(hook)
+
+    def train(self, start_iter: int, max_iter: int) -> None:
+        logger = logging.getLogger(__name__)
+        logger.info(f"Starting training from iteration {start_iter}")
+        self.iter = self.start_iter = start_iter
+        self.max_iter = max_iter
+        self.completed = False
+        with EventStorage(start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(start_iter, max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                self.iter += 1
+                self.completed = True
+            except Exception:
+                logger.exception(f"Exception during training at iteration {self.iter}:")
+                raise
+            finally:
+                self.after_train()
+
+    def before_train(self) -> None:
+        for h in self._hooks:
+            h.before_train()
+
+    def after_train(self) -> None:
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            h.after_train()
+
+    def before_step(self) -> None:
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            h.before_step()
+
+    def after_step(self) -> None:
+        for h in self._hooks:
+            h.after_step()
+
+    def run_step(self) -> None:
+        raise NotImplementedError
+
+
+class SimpleTrainer(TrainerBase):
+    """One iteration = one batch from ``data_loader`` through ``model``, the sum of its loss
+    dict backpropagated, and one ``optimizer`` step.
+
+    Args:
+        model: returns a dict of scalar losses in training mode (possibly DDP-wrapped).
+        data_loader: an iterable of batches (lists of dicts), infinite for training.
+        optimizer: any torch optimizer.
+        amp_dtype: None for fp32; ``torch.float16`` runs the forward in autocast and scales the
+            loss with a GradScaler (CUDA only); ``torch.bfloat16`` runs it in autocast without
+            scaling (CPU or CUDA).
+        grad_clipper: applied to the trainable parameters' (unscaled) gradients before the step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data_loader: Iterable[list[dict[str, Any]]],
+        optimizer: torch.optim.Optimizer,
+        amp_dtype: torch.dtype | None = None,
+        grad_clipper: Callable[[Iterable[torch.Tensor]], None] | None = None,
+    ) -> None:
+        super().__init__()
+        model.train()
+        self.model = model
+        self.data_loader = data_loader
+        self._data_loader_iter: Iterator[list[dict[str, Any]]] | None = None
+        self.optimizer = optimizer
+        self.grad_clipper = grad_clipper
+        self.device_type = _model_device_type(model)
+        if amp_dtype == torch.float16 and self.device_type != "cuda":
+            raise ValueError(
+                "SOLVER.AMP.DTYPE 'float16' needs a CUDA device (a gradient scaler on "
+                f"{self.device_type} is not supported); use 'bfloat16' on CPU"
+            )
+        if amp_dtype not in (None, torch.float16, torch.bfloat16):
+            raise ValueError(f"amp_dtype must be None, float16 or bfloat16, got {amp_dtype}")
+        self.amp_dtype = amp_dtype
+        self.grad_scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    @property
+    def data_loader_iter(self) -> Iterator[list[dict[str, Any]]]:
+        # Created on first use, so that a resumed run builds its loader before iterating.
+        if self._data_loader_iter is None:
+            self._data_loader_iter = iter(self.data_loader)
+        return self._data_loader_iter
+
+    def run_step(self) -> None:
+        assert self.model.training, "SimpleTrainer: the model was switched to eval mode"
+        start = time.perf_counter()
+        data = next(self.data_loader_iter)
+        data_time = time.perf_counter() - start
+
+        with torch.autocast(
+            device_type=self.device_type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
+            loss_dict = self.model(data)
+        loss_dict = {k: v.float() for k, v in loss_dict.items()}
+        losses = sum(loss_dict.values())
+        # Averaged over processes before backward so that every rank sees the same values and
+        # stops together on a non-finite loss instead of hanging in the gradient all-reduce.
+        reduced = self._reduce_and_check(loss_dict)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+            if self.grad_clipper is not None:
+                self.grad_scaler.unscale_(self.optimizer)
+                self.grad_clipper(self._trainable_params())
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            losses.backward()
+            if self.grad_clipper is not None:
+                self.grad_clipper(self._trainable_params())
+            self.optimizer.step()
+        self._write_metrics(reduced, data_time)
+
+    def _trainable_params(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+    def _reduce_and_check(self, loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+        names = sorted(loss_dict)
+        stacked = torch.stack([loss_dict[k].detach() for k in names])
+        values = comm.reduce_mean(stacked).tolist()
+        reduced = dict(zip(names, values))
+        bad = [k for k, v in reduced.items() if not torch.isfinite(torch.tensor(v))]
+        if bad:
+            raise FloatingPointError(
+                f"Loss became non-finite at iteration {self.iter}: "
+                + ", ".join(f"{k} = {reduced[k]}" for k in bad)
+                + f" (all losses: {reduced})"
+            )
+        return reduced
+
+    def _write_metrics(self, reduced: dict[str, float], data_time: float) -> None:
+        if not comm.is_main_process():
+            return
+        storage = get_event_storage()
+        storage.put_scalar("data_time", data_time)
+        storage.put_scalar("total_loss", sum(reduced.values()))
+        storage.put_scalars(**reduced)
+
+
+def _model_device_type(model: nn.Module) -> str:
+    for p in model.parameters():
+        return p.device.type
+    return "cpu"
