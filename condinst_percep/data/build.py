@@ -1,0 +1,190 @@
+"""Training and test data loaders built from a config (detectron2's entry points)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import pickle
+import random
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from tabulate import tabulate
+from torch.utils.data import DataLoader, Dataset
+
+from condinst_percep.utils import comm
+
+from .catalog import DatasetCatalog, MetadataCatalog
+from .dataset_mapper import DatasetMapper
+from .samplers import (
+    GroupedBatchSampler,
+    InferenceSampler,
+    RepeatFactorTrainingSampler,
+    TrainingSampler,
+    shared_random_seed,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _has_usable_annotation(record: dict) -> bool:
+    return any(a.get("iscrowd", 0) == 0 for a in record.get("annotations", []))
+
+
+def get_detection_dataset_dicts(names: str | Sequence[str], filter_empty: bool = True) -> list[dict]:
+    """Concatenates the named datasets; with ``filter_empty`` drops images without a non-crowd
+    annotation (AdelaiDet's ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``)."""
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("No dataset given (DATASETS.TRAIN / DATASETS.TEST is empty)")
+    dataset_dicts = []
+    for name in names:
+        dicts = DatasetCatalog.get(name)
+        if not dicts:
+            raise ValueError(f"Dataset '{name}' is empty")
+        dataset_dicts.extend(dicts)
+    classes = {name: MetadataCatalog.get(name).get("thing_classes") for name in names}
+    if len({tuple(c) for c in classes.values() if c is not None}) > 1:
+        raise ValueError(f"Datasets {names} have different thing_classes: {classes}")
+    if filter_empty:
+        before = len(dataset_dicts)
+        dataset_dicts = [d for d in dataset_dicts if _has_usable_annotation(d)]
+        logger.info(
+            f"Removed {before - len(dataset_dicts)} images without non-crowd annotations; "
+            f"{len(dataset_dicts)} images left"
+        )
+        if not dataset_dicts:
+            raise ValueError(f"No image of {names} has a non-crowd annotation")
+    _log_instance_histogram(dataset_dicts, classes[names[0]])
+    return dataset_dicts
+
+
+def _log_instance_histogram(dataset_dicts: list[dict], class_names: list[str] | None) -> None:
+    counts: dict[int, int] = {}
+    for d in dataset_dicts:
+        for a in d.get("annotations", []):
+            if a.get("iscrowd", 0) == 0:
+                counts[a["category_id"]] = counts.get(a["category_id"], 0) + 1
+    if not counts:
+        return
+    rows = [
+        (class_names[c] if class_names and c < len(class_names) else str(c), n)
+        for c, n in sorted(counts.items())
+    ]
+    logger.info(
+        f"{len(dataset_dicts)} images, {sum(counts.values())} instances:\n"
+        + tabulate(rows, headers=["category", "#instances"], tablefmt="pipe")
+    )
+
+
+class MapDataset(Dataset):
+    """A list of dataset dicts, stored pickled in one numpy buffer, mapped on access.
+
+    The buffer keeps workers from touching (and so copying) millions of Python objects, and
+    every access unpickles a fresh dict, so a mapper may modify its input. A key may be an index
+    or ``(index, rng_key)``; with a key and a mapper that takes ``rng``, the mapper gets
+    ``numpy.random.default_rng(rng_key)``.
+    """
+
+    def __init__(self, dataset_dicts: list[dict], mapper: Callable) -> None:
+        blobs = [np.frombuffer(pickle.dumps(d, protocol=-1), dtype=np.uint8) for d in dataset_dicts]
+        self._addr = np.cumsum([len(b) for b in blobs])
+        self._buffer = np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8)
+        self._mapper = mapper
+        self._mapper_takes_rng = "rng" in inspect.signature(mapper).parameters
+
+    def __len__(self) -> int:
+        return len(self._addr)
+
+    def record(self, index: int) -> dict:
+        start = 0 if index == 0 else int(self._addr[index - 1])
+        return pickle.loads(self._buffer[start : int(self._addr[index])].tobytes())
+
+    def __getitem__(self, key: int | tuple[int, tuple]) -> dict:
+        index, rng_key = key if isinstance(key, tuple) else (key, None)
+        record = self.record(index)
+        if self._mapper_takes_rng:
+            rng = np.random.default_rng(list(rng_key)) if rng_key is not None else None
+            return self._mapper(record, rng=rng)
+        return self._mapper(record)
+
+
+def trivial_batch_collator(batch: list) -> list:
+    return batch
+
+
+def worker_init_reset_seed(worker_id: int) -> None:
+    """Seeds python, numpy and torch in a worker from its torch seed (base seed + worker id)."""
+    seed = torch.initial_seed() % 2**31
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _aspect_ratio_groups(dataset_dicts: list[dict]) -> list[int]:
+    """0 for landscape (w > h), 1 otherwise; resize and flip keep this, so it can be read from
+    the records before any image is decoded."""
+    return [0 if d["width"] > d["height"] else 1 for d in dataset_dicts]
+
+
+def build_detection_train_loader(cfg, mapper: Callable | None = None, start_iter: int = 0):
+    """Infinite iterable of batches (lists of mapped dicts) of ``SOLVER.IMS_PER_BATCH //
+    world_size`` images for this process.
+
+    The order is a function of ``SEED`` (a shared random seed when ``SEED < 0``), the rank and
+    the world size only; ``start_iter`` resumes the stream at that iteration.
+    """
+    world_size = comm.get_world_size()
+    total = cfg.SOLVER.IMS_PER_BATCH
+    if total <= 0 or total % world_size != 0:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of "
+            f"processes ({world_size})"
+        )
+    dataset_dicts = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    )
+    if mapper is None:
+        mapper = DatasetMapper.build(cfg, is_train=True)
+    seed = cfg.SEED if cfg.SEED >= 0 else shared_random_seed()
+    sampler_name = cfg.DATALOADER.SAMPLER_TRAIN
+    if sampler_name == "TrainingSampler":
+        sampler = TrainingSampler(len(dataset_dicts), seed=seed)
+    elif sampler_name == "RepeatFactorTrainingSampler":
+        factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+            dataset_dicts, cfg.DATALOADER.REPEAT_THRESHOLD
+        )
+        sampler = RepeatFactorTrainingSampler(factors, seed=seed)
+    else:
+        raise ValueError(f"Unknown DATALOADER.SAMPLER_TRAIN {sampler_name!r}")
+    group_ids = _aspect_ratio_groups(dataset_dicts) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+    batch_sampler = GroupedBatchSampler(sampler, total // world_size, group_ids, start_iter)
+    logger.info(
+        f"Training loader: {len(dataset_dicts)} images, {total // world_size} per batch per "
+        f"process, seed {seed}, starting at iteration {start_iter}"
+    )
+    return DataLoader(
+        MapDataset(dataset_dicts, mapper),
+        batch_sampler=batch_sampler,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=trivial_batch_collator,
+        worker_init_fn=worker_init_reset_seed,
+        generator=torch.Generator().manual_seed(seed + comm.get_rank()),
+    )
+
+
+def build_detection_test_loader(cfg, dataset_name: str, mapper: Callable | None = None) -> DataLoader:
+    """Batches of one mapped image, this process's contiguous shard of the dataset, in order.
+    Empty images are kept: evaluation must see every image."""
+    dataset_dicts = get_detection_dataset_dicts(dataset_name, filter_empty=False)
+    if mapper is None:
+        mapper = DatasetMapper.build(cfg, is_train=False)
+    return DataLoader(
+        MapDataset(dataset_dicts, mapper),
+        sampler=InferenceSampler(len(dataset_dicts)),
+        batch_size=1,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=trivial_batch_collator,
+        worker_init_fn=worker_init_reset_seed,
+    )

@@ -1,0 +1,128 @@
+"""Dataset and metadata catalogs with detectron2's semantics.
+
+``DatasetCatalog.register(name, func)`` stores a function returning the dataset as a list of
+dicts; ``DatasetCatalog.get(name)`` calls it. ``MetadataCatalog.get(name)`` returns the
+:class:`Metadata` of that name (created empty on first use). A name of the form
+``coco:JSON_FILE:IMAGE_ROOT`` needs no registration: it is registered as a COCO-format
+dataset the first time either catalog sees it, so it can be given on the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+COCO_NAME_PREFIX = "coco:"
+
+
+class Metadata:
+    """Attributes describing a dataset (``thing_classes``, ``json_file``, ...).
+
+    Setting an attribute to a value different from the one it already holds is an error:
+    two sources disagreeing about a dataset's classes would silently corrupt training.
+    """
+
+    def __init__(self, name: str) -> None:
+        object.__setattr__(self, "name", name)
+
+    def __getattr__(self, key: str) -> Any:
+        # Only called for missing attributes.
+        known = sorted(k for k in self.__dict__ if k != "name")
+        raise AttributeError(
+            f"Metadata of dataset '{self.name}' has no attribute '{key}'. Available: {known}"
+        )
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in self.__dict__ and self.__dict__[key] != value:
+            raise ValueError(
+                f"Metadata '{key}' of dataset '{self.name}' is already {self.__dict__[key]!r}; "
+                f"refusing to change it to {value!r}"
+            )
+        object.__setattr__(self, key, value)
+
+    def set(self, **kwargs: Any) -> Metadata:
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+        return self
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.__dict__.get(key, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k != "name")
+        return f"Metadata(name={self.name!r}, {fields})"
+
+
+def _register_coco_name(name: str) -> None:
+    """Registers a ``coco:JSON_FILE:IMAGE_ROOT`` name (split at the last colon)."""
+    from .coco import register_coco_instances
+
+    json_file, sep, image_root = name[len(COCO_NAME_PREFIX) :].rpartition(":")
+    if not sep or not json_file or not image_root:
+        raise KeyError(
+            f"Dataset name '{name}' is not of the form 'coco:JSON_FILE:IMAGE_ROOT'"
+        )
+    register_coco_instances(name, {}, json_file, image_root)
+
+
+class _DatasetCatalog:
+    def __init__(self) -> None:
+        self._funcs: dict[str, Callable[[], list[dict]]] = {}
+
+    def register(self, name: str, func: Callable[[], list[dict]]) -> None:
+        if not callable(func):
+            raise TypeError(f"DatasetCatalog.register('{name}', ...) needs a callable, got {func!r}")
+        if name in self._funcs:
+            raise ValueError(f"Dataset '{name}' is already registered")
+        self._funcs[name] = func
+
+    def get(self, name: str) -> list[dict]:
+        """Calls the registered function; raises ``KeyError`` naming the known datasets."""
+        if name not in self._funcs and name.startswith(COCO_NAME_PREFIX):
+            _register_coco_name(name)
+        if name not in self._funcs:
+            raise KeyError(
+                f"Dataset '{name}' is not registered. Known datasets: {', '.join(self.list())}. "
+                "Register it with register_coco_instances(name, {}, json_file, image_root) or "
+                f"name it '{COCO_NAME_PREFIX}JSON_FILE:IMAGE_ROOT'."
+            )
+        return self._funcs[name]()
+
+    def list(self) -> list[str]:
+        return sorted(self._funcs)
+
+    def remove(self, name: str) -> None:
+        self._funcs.pop(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._funcs
+
+
+class _MetadataCatalog:
+    def __init__(self) -> None:
+        self._metadata: dict[str, Metadata] = {}
+
+    def get(self, name: str) -> Metadata:
+        """Returns the metadata of ``name``, creating an empty one on first access."""
+        if (
+            name not in self._metadata
+            and name.startswith(COCO_NAME_PREFIX)
+            and name not in DatasetCatalog
+        ):
+            _register_coco_name(name)
+        if name not in self._metadata:
+            self._metadata[name] = Metadata(name)
+        return self._metadata[name]
+
+    def list(self) -> list[str]:
+        return sorted(self._metadata)
+
+    def remove(self, name: str) -> None:
+        self._metadata.pop(name, None)
+
+
+DatasetCatalog = _DatasetCatalog()
+MetadataCatalog = _MetadataCatalog()

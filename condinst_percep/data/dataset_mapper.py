@@ -1,0 +1,99 @@
+"""Dataset dict -> model input: decode, augment, and turn annotations into ``Instances``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .detection_utils import (
+    annotations_to_instances,
+    check_image_size,
+    filter_empty_instances,
+    read_image,
+    transform_instance_annotation,
+)
+from .transforms import Augmentation, RandomFlip, ResizeShortestEdge, apply_augmentations
+
+
+def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
+    """AdelaiDet's list: ``ResizeShortestEdge`` then, in training, a random flip.
+
+    The flip is on when ``INPUT.HFLIP_TRAIN`` (AdelaiDet) is true and ``INPUT.RANDOM_FLIP``
+    (detectron2) is not ``"none"``; ``RANDOM_FLIP`` chooses horizontal or vertical.
+    """
+    if is_train:
+        min_size, max_size = cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN
+        sample_style = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+    else:
+        min_size, max_size, sample_style = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice"
+    augmentations: list[Augmentation] = [ResizeShortestEdge(min_size, max_size, sample_style)]
+    if is_train:
+        random_flip = cfg.INPUT.RANDOM_FLIP
+        if random_flip not in ("horizontal", "vertical", "none"):
+            raise ValueError(
+                f"INPUT.RANDOM_FLIP must be 'horizontal', 'vertical' or 'none', got {random_flip!r}"
+            )
+        if cfg.INPUT.HFLIP_TRAIN and random_flip != "none":
+            augmentations.append(RandomFlip(0.5, horizontal=random_flip == "horizontal"))
+    return augmentations
+
+
+class DatasetMapper:
+    """Maps one dataset dict to the model's input dict.
+
+    Output: ``{"image": uint8 (3, H, W) in image_format, "height", "width": original size,
+    "file_name", "image_id", "instances": Instances((H, W), gt_boxes float32 (N, 4) XYXY,
+    gt_classes int64 (N,), gt_masks bool (N, H, W))}``; ``instances`` only when training.
+    Crowd annotations are dropped and empty instances filtered, as AdelaiDet does.
+    """
+
+    def __init__(
+        self,
+        is_train: bool,
+        augmentations: Sequence[Augmentation],
+        image_format: str = "BGR",
+    ) -> None:
+        self.is_train = is_train
+        self.augmentations = list(augmentations)
+        self.image_format = image_format
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> dict:
+        return {
+            "is_train": is_train,
+            "augmentations": build_augmentation(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+        }
+
+    @classmethod
+    def build(cls, cfg, is_train: bool = True) -> DatasetMapper:
+        return cls(**cls.from_config(cfg, is_train))
+
+    def __call__(self, dataset_dict: dict, rng: np.random.Generator | None = None) -> dict:
+        """``rng`` drives the random augmentations; a fresh unseeded one is used when omitted."""
+        if rng is None:
+            rng = np.random.default_rng()
+        record = copy.copy(dataset_dict)
+        image = read_image(record["file_name"], self.image_format)
+        check_image_size(record, image)
+        record_size = image.shape[:2]
+        image, transforms = apply_augmentations(self.augmentations, image, rng)
+        image_size = image.shape[:2]
+        out = {
+            "file_name": record["file_name"],
+            "image_id": record.get("image_id"),
+            "height": record.get("height", record_size[0]),
+            "width": record.get("width", record_size[1]),
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        }
+        if self.is_train and "annotations" in record:
+            annos = [
+                transform_instance_annotation(obj, transforms, image_size, record_size)
+                for obj in record["annotations"]
+                if obj.get("iscrowd", 0) == 0
+            ]
+            out["instances"] = filter_empty_instances(annotations_to_instances(annos, image_size))
+        return out

@@ -1,0 +1,145 @@
+"""Image decoding and annotation -> ``Instances`` conversion used by the dataset mapper."""
+
+from __future__ import annotations
+
+import os
+from enum import IntEnum
+from typing import Any
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+
+from condinst_percep.structures import Instances
+
+from .transforms import Transform
+
+SUPPORTED_IMAGE_FORMATS = ("BGR", "RGB")
+
+
+class BoxMode(IntEnum):
+    """How a record's ``bbox`` is stored; the values are detectron2's."""
+
+    XYXY_ABS = 0
+    XYWH_ABS = 1
+
+
+def box_to_xyxy(bbox: Any, mode: int) -> np.ndarray:
+    box = np.asarray(bbox, dtype=np.float64).reshape(4)
+    if mode == BoxMode.XYWH_ABS:
+        return np.array([box[0], box[1], box[0] + box[2], box[1] + box[3]])
+    if mode == BoxMode.XYXY_ABS:
+        return box
+    raise ValueError(f"Unsupported bbox_mode {mode!r}; expected BoxMode.XYXY_ABS or XYWH_ABS")
+
+
+def read_image(file_name: str, format: str = "BGR") -> np.ndarray:
+    """Decodes an image file to uint8 (H, W, 3) in ``format`` ("BGR" or "RGB").
+
+    EXIF orientation is applied (cv2's default, as detectron2 does); gray images are expanded to
+    three channels and alpha is dropped by the colour decode.
+    """
+    if format not in SUPPORTED_IMAGE_FORMATS:
+        raise ValueError(
+            f"INPUT.FORMAT {format!r} is not supported; use one of {SUPPORTED_IMAGE_FORMATS}"
+        )
+    if not os.path.isfile(file_name):
+        raise FileNotFoundError(f"Image file not found: {file_name}")
+    # np.fromfile + imdecode instead of imread: imread returns None without saying why.
+    data = np.fromfile(file_name, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ValueError(f"Cannot decode image file {file_name} ({data.size} bytes)")
+    if format == "RGB":
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:
+    """Raises if the decoded image's size differs from the one recorded in the dataset."""
+    h, w = image.shape[:2]
+    expected = (dataset_dict.get("height", h), dataset_dict.get("width", w))
+    if expected != (h, w):
+        raise ValueError(
+            f"Image {dataset_dict.get('file_name')} (image_id {dataset_dict.get('image_id')}) "
+            f"is {h}x{w} (HxW) but its record says {expected[0]}x{expected[1]}"
+        )
+
+
+def polygons_to_bitmask(polygons: list, height: int, width: int) -> np.ndarray:
+    """Rasterises polygons (flat [x0, y0, ...] each) like COCO: frPyObjects -> merge -> decode."""
+    if len(polygons) == 0:
+        return np.zeros((height, width), dtype=bool)
+    rles = mask_util.frPyObjects([np.asarray(p, dtype=np.float64).tolist() for p in polygons], height, width)
+    return mask_util.decode(mask_util.merge(rles)).astype(bool)
+
+
+def segmentation_to_bitmask(segm: Any, height: int, width: int, ann_id: Any = None) -> np.ndarray:
+    """Polygons or (compressed / uncompressed) RLE -> bool (height, width) at the record's size."""
+    if isinstance(segm, list):
+        return polygons_to_bitmask(segm, height, width)
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        if list(segm["size"]) != [height, width]:
+            raise ValueError(
+                f"Annotation {ann_id}: RLE size {segm['size']} differs from the image size "
+                f"{[height, width]}"
+            )
+        if isinstance(segm["counts"], list):
+            segm = mask_util.frPyObjects(segm, height, width)
+        return mask_util.decode(segm).astype(bool)
+    raise ValueError(f"Annotation {ann_id}: cannot interpret segmentation of type {type(segm).__name__}")
+
+
+def transform_instance_annotation(
+    annotation: dict, transforms: Transform, image_size: tuple[int, int], record_size: tuple[int, int]
+) -> dict:
+    """Moves one annotation into the augmented image: XYXY box (clipped) and a bool mask.
+
+    ``image_size`` is the augmented (H, W), ``record_size`` the original one. Polygons are
+    transformed as coordinates and rasterised at the augmented size; RLE is decoded at the
+    original size, then resized (nearest) and flipped like the image.
+    """
+    ann_id = annotation.get("id")
+    if "bbox" not in annotation:
+        raise ValueError(f"Annotation {ann_id} has no 'bbox'")
+    box = box_to_xyxy(annotation["bbox"], annotation.get("bbox_mode", BoxMode.XYWH_ABS))
+    box = transforms.apply_box(box[None])[0].clip(min=0)
+    h, w = image_size
+    box = np.minimum(box, [w, h, w, h])
+    if "segmentation" not in annotation:
+        raise ValueError(
+            f"Annotation {ann_id} has no 'segmentation'; instance segmentation needs a mask "
+            "for every non-crowd annotation"
+        )
+    segm = annotation["segmentation"]
+    if isinstance(segm, list):
+        mask = polygons_to_bitmask(transforms.apply_polygons(segm), h, w)
+    else:
+        mask = segmentation_to_bitmask(segm, *record_size, ann_id=ann_id)
+        mask = transforms.apply_segmentation(mask.astype(np.uint8)).astype(bool)
+    return {"bbox": box, "category_id": int(annotation["category_id"]), "mask": mask}
+
+
+def annotations_to_instances(annotations: list[dict], image_size: tuple[int, int]) -> Instances:
+    """Transformed annotations -> ``Instances(image_size, gt_boxes, gt_classes, gt_masks)``.
+
+    gt_boxes: float32 (N, 4) XYXY; gt_classes: int64 (N,); gt_masks: bool (N, H, W).
+    """
+    h, w = image_size
+    if annotations:
+        boxes = torch.as_tensor(np.stack([a["bbox"] for a in annotations]), dtype=torch.float32)
+        masks = torch.from_numpy(np.stack([a["mask"] for a in annotations]))
+    else:
+        boxes = torch.zeros((0, 4), dtype=torch.float32)
+        masks = torch.zeros((0, h, w), dtype=torch.bool)
+    classes = torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64)
+    return Instances((h, w), gt_boxes=boxes, gt_classes=classes, gt_masks=masks)
+
+
+def filter_empty_instances(instances: Instances, box_threshold: float = 1e-5) -> Instances:
+    """Drops instances whose box has no area or whose mask has no pixel (detectron2's rule)."""
+    boxes = instances.gt_boxes
+    keep = ((boxes[:, 2] - boxes[:, 0]) > box_threshold) & ((boxes[:, 3] - boxes[:, 1]) > box_threshold)
+    keep &= instances.gt_masks.flatten(1).any(dim=1)
+    return instances[keep]
