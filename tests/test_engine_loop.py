@@ -1,0 +1,159 @@
+"""The training loop, its hooks and writers on a small regression problem (no CondInst needed)."""
+
+import json
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from condinst_percep.engine.hooks import (
+    EvalHook,
+    IterationTimer,
+    LRScheduler,
+    PeriodicWriter,
+    flatten_results_dict,
+)
+from condinst_percep.engine.train_loop import SimpleTrainer
+from condinst_percep.utils.events import (
+    CommonMetricPrinter,
+    EventStorage,
+    JSONWriter,
+    TensorboardXWriter,
+)
+
+
+class _Regressor(nn.Module):
+    """Returns two named losses; ``bad_at`` makes ``loss_b`` NaN at that call (0-based)."""
+
+    def __init__(self, bad_at: int = -1) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        self.bad_at = bad_at
+        self.calls = 0
+        self.seen_dtypes: list[torch.dtype] = []
+
+    def forward(self, batch):
+        x = torch.stack([d["x"] for d in batch])
+        y = torch.stack([d["y"] for d in batch])
+        out = self.linear(x)
+        self.seen_dtypes.append(out.dtype)
+        loss_b = (out.float() - y).abs().mean()
+        if self.calls == self.bad_at:
+            loss_b = loss_b * float("nan")
+        self.calls += 1
+        return {"loss_a": ((out.float() - y) ** 2).mean(), "loss_b": loss_b}
+
+
+def _loader(n_batches=1000):
+    g = torch.Generator().manual_seed(0)
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    for _ in range(n_batches):
+        xs = torch.randn(8, 4, generator=g)
+        yield [{"x": x, "y": (x @ w).unsqueeze(0)} for x in xs]
+
+
+def test_non_finite_loss_names_term_and_iteration_and_leaves_weights():
+    model = _Regressor(bad_at=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = SimpleTrainer(model, _loader(), opt)
+    with pytest.raises(FloatingPointError, match=r"iteration 5: loss_b = nan") as info:
+        trainer.train(0, 10)
+    assert "loss_a" in str(info.value)  # all terms are listed for context
+    assert trainer.completed is False
+    # the step with the NaN was not applied
+    assert torch.isfinite(model.linear.weight).all()
+
+
+def test_fp16_refused_on_cpu_and_bf16_autocasts():
+    model = _Regressor()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match="float16.*CUDA.*bfloat16"):
+        SimpleTrainer(model, _loader(), opt, amp_dtype=torch.float16)
+    trainer = SimpleTrainer(model, _loader(), opt, amp_dtype=torch.bfloat16)
+    trainer.train(0, 3)
+    assert model.seen_dtypes == [torch.bfloat16] * 3
+    assert model.linear.weight.dtype == torch.float32  # master weights stay fp32
+
+
+def test_training_decreases_loss_and_clipper_sees_gradients():
+    model = _Regressor()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    seen = []
+    trainer = SimpleTrainer(
+        model, _loader(), opt, grad_clipper=lambda ps: seen.append(len(list(ps)))
+    )
+    trainer.train(0, 60)
+    assert seen == [2] * 60  # weight and bias, every step
+    assert trainer.storage.history("loss_a").values()[-1][0] < 0.1 * trainer.storage.history("loss_a").values()[0][0]
+
+
+def test_hooks_write_metrics_json_console_and_tensorboard(tmp_path, caplog):
+    model = _Regressor()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0 / (1 + it))
+    evals = []
+
+    def fake_eval():
+        evals.append(trainer.iter)
+        return {"bbox": {"AP": 50.0 + len(evals), "AP50": 70.0}, "segm": {"AP": 40.0}}
+
+    max_iter = 45
+    writers = [
+        CommonMetricPrinter(max_iter),
+        JSONWriter(str(tmp_path / "metrics.json")),
+        TensorboardXWriter(str(tmp_path)),
+    ]
+    trainer = SimpleTrainer(model, _loader(), opt)
+    trainer.register_hooks(
+        [IterationTimer(), LRScheduler(opt, sched), EvalHook(20, fake_eval), PeriodicWriter(writers, 20)]
+    )
+    with caplog.at_level(logging.INFO, logger="condinst_percep"):
+        trainer.train(0, max_iter)
+
+    # periodic eval after iterations 19 and 39, final one after training (max_iter)
+    assert evals == [19, 39, max_iter]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert [d["iteration"] for d in lines] == [19, 39, 44, 45]
+    for d in lines[:3]:
+        for key in ("loss_a", "loss_b", "total_loss", "lr", "time", "data_time", "eta_seconds", "max_mem"):
+            assert key in d, (key, d)
+    # lr is the one used at that iteration (not smoothed); losses are medians of the window
+    assert lines[0]["lr"] == pytest.approx(0.1 / 20)
+    losses = trainer.storage.history("total_loss").values()
+    window = sorted(v for v, it in losses if 20 <= it <= 39)
+    assert lines[1]["total_loss"] == pytest.approx((window[9] + window[10]) / 2, rel=1e-6)
+    assert lines[0]["bbox/AP"] == 51.0 and lines[1]["bbox/AP"] == 52.0
+    assert lines[3] == {"iteration": 45, "bbox/AP": 53.0, "bbox/AP50": 70.0, "segm/AP": 40.0}
+
+    console = [r.getMessage() for r in caplog.records if r.getMessage().startswith("eta:")]
+    assert len(console) == 3
+    assert "iter: 19" in console[0] and "total_loss:" in console[0] and "max_mem:" in console[0]
+    assert "lr: " in console[0] and "data_time:" in console[0]
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_writers_flush_what_was_measured_when_training_fails(tmp_path):
+    model = _Regressor(bad_at=25)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    evals = []
+    trainer = SimpleTrainer(model, _loader(), opt)
+    trainer.register_hooks(
+        [IterationTimer(), EvalHook(0, lambda: evals.append(1) or {}),
+         PeriodicWriter([JSONWriter(str(tmp_path / "metrics.json"))], 20)]
+    )
+    with pytest.raises(FloatingPointError):
+        trainer.train(0, 40)
+    assert evals == []  # no "final" evaluation after a failure
+    lines = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert [d["iteration"] for d in lines] == [19, 24]
+
+
+def test_flatten_and_storage_rules():
+    assert flatten_results_dict({"bbox": {"AP": 1.0, "per": {"cat": 2.0}}, "x": 3}) == {
+        "bbox/AP": 1.0, "bbox/per/cat": 2.0, "x": 3,
+    }
+    with EventStorage() as storage:
+        storage.put_scalar("a", 1.0)
+        with pytest.raises(ValueError, match="'a'"):
+            storage.put_scalar("a", 2.0, smoothing_hint=False)
