@@ -52,8 +52,8 @@ class PerceptualLoss(nn.Module):
             scales with the square of the input scale.
         target: (n, C, H, W), or with ``target_index`` (G, C, H, W) holding G distinct target
             maps; float or bool. Embedded without grad.
-        reduction: ``"mean"`` → scalar float32; ``"none"`` → (n,) float32 per-instance values
-            (already multiplied by ``loss_weight``).
+        reduction: ``"mean"`` → scalar; ``"none"`` → (n,) per-instance values (already
+            multiplied by ``loss_weight``). float32 (float64 for a float64 network).
         target_index: optional (n,) integer tensor; instance i is compared with
             ``target[target_index[i]]``, and each of the G targets is embedded once.
     With no instances the mean is 0 (still connected to ``pred``'s graph). The squared
@@ -84,11 +84,11 @@ class PerceptualLoss(nn.Module):
                 f"layer_weights must have one entry per block of the network ({num_blocks}), "
                 f"got {len(layer_weights)}: {layer_weights!r}"
             )
-        if not all(_is_number(w) and math.isfinite(w) and w >= 0 for w in layer_weights) or not any(
-            w > 0 for w in layer_weights
-        ):
+        valid = all(_is_number(w) and math.isfinite(w) and w >= 0 for w in layer_weights)
+        if not valid or not any(w > 0 for w in layer_weights):
             raise ValueError(
-                f"layer_weights must be finite, non-negative and not all zero, got {layer_weights!r}"
+                "layer_weights must be finite, non-negative and not all zero, got "
+                f"{layer_weights!r}"
             )
         if not _is_number(loss_weight) or not math.isfinite(loss_weight) or loss_weight < 0:
             raise ValueError(f"loss_weight must be a finite number >= 0, got {loss_weight!r}")
@@ -120,9 +120,11 @@ class PerceptualLoss(nn.Module):
         chunk = self.chunk_size or n
         target_feats = None
         if target_index is not None:
-            unique = [self._embed_target(target[s : s + chunk]) for s in range(0, len(target), chunk)]
+            starts = range(0, len(target), chunk)
+            unique = [self._embed_target(target[s : s + chunk]) for s in starts]
             target_feats = [torch.cat(level) for level in zip(*unique)]
-        chunked_grad = self.chunk_size is not None and pred.requires_grad and torch.is_grad_enabled()
+        grad_needed = pred.requires_grad and torch.is_grad_enabled()
+        chunked_grad = self.chunk_size is not None and grad_needed
 
         values, grads = [], []
         for start in range(0, n, chunk):
@@ -152,11 +154,15 @@ class PerceptualLoss(nn.Module):
         return [feats[i] for i in self._levels]
 
     def _distance(self, pred: torch.Tensor, target_feats: list[torch.Tensor]) -> torch.Tensor:
-        """(n,) float32: Σ_l w_l · mean over C·H·W of the squared embedding difference."""
+        """(n,): Σ_l w_l · mean over C·H·W of the squared embedding difference.
+
+        Accumulated in float32, or float64 for a float64 network: never in bf16/fp16.
+        """
         feats = self.net(pred)
         total = None
         for level, t in zip(self._levels, target_feats):
-            diff = feats[level].float() - t.float()
+            acc = torch.promote_types(feats[level].dtype, torch.float32)
+            diff = feats[level].to(acc) - t.to(acc)
             term = self.layer_weights[level] * diff.square().flatten(1).mean(dim=1)
             total = term if total is None else total + term
         return total
