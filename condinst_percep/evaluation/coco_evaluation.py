@@ -1,0 +1,236 @@
+"""COCO box and mask AP through pycocotools, with detectron2's result format."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import itertools
+import json
+import logging
+import os
+import tempfile
+from collections import OrderedDict
+
+import numpy as np
+import pycocotools.mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tabulate import tabulate
+
+from condinst_percep.data.catalog import DatasetCatalog, MetadataCatalog
+from condinst_percep.data.coco import category_id_map, load_coco_api
+from condinst_percep.structures import Instances
+from condinst_percep.utils import comm
+
+from .evaluator import DatasetEvaluator
+
+logger = logging.getLogger(__name__)
+
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+RESULTS_FILE = "coco_instances_results.json"
+
+
+def instances_to_coco_json(
+    instances: Instances, image_id: int, contiguous_to_dataset_id: dict[int, int]
+) -> list[dict]:
+    """Predictions of one image -> COCO result dicts (XYWH ``bbox``, ``score``, dataset
+    ``category_id`` and, when ``pred_masks`` exist, compressed-RLE ``segmentation``).
+
+    Masks are encoded one at a time, so no (K, H, W) uint8 copy is ever made.
+    """
+    num = len(instances) if instances.get_fields() else 0
+    if num == 0:
+        return []
+    boxes = instances.pred_boxes.detach().float().cpu().numpy().astype(np.float64)
+    boxes[:, 2:] -= boxes[:, :2]
+    scores = instances.scores.detach().float().cpu().tolist()
+    classes = instances.pred_classes.detach().cpu().tolist()
+    masks = instances.pred_masks if instances.has("pred_masks") else None
+    results = []
+    for k in range(num):
+        if classes[k] not in contiguous_to_dataset_id:
+            raise ValueError(
+                f"Image {image_id}: predicted class {classes[k]} is not one of the dataset's "
+                f"{len(contiguous_to_dataset_id)} classes (does MODEL.FCOS.NUM_CLASSES match?)"
+            )
+        result = {
+            "image_id": image_id,
+            "category_id": contiguous_to_dataset_id[classes[k]],
+            "bbox": boxes[k].tolist(),
+            "score": scores[k],
+        }
+        if masks is not None:
+            mask = masks[k].detach().cpu().numpy().astype(np.uint8)
+            rle = mask_util.encode(np.asfortranarray(mask))
+            result["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        results.append(result)
+    return results
+
+
+def _empty_results(coco_gt: COCO) -> COCO:
+    # COCO.loadRes cannot take an empty list; an empty result set must still score AP 0.
+    coco_dt = COCO()
+    coco_dt.dataset = {
+        "images": list(coco_gt.dataset["images"]),
+        "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+        "annotations": [],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt.createIndex()
+    return coco_dt
+
+
+def evaluate_predictions_on_coco(
+    coco_gt: COCO, coco_results: list[dict], iou_type: str, img_ids: list[int] | None = None
+) -> tuple[COCOeval, str]:
+    """Runs COCOeval; returns it and the text of its summary table."""
+    results = copy.deepcopy(coco_results)
+    if iou_type == "segm":
+        if any("segmentation" not in r for r in results):
+            raise ValueError("segm evaluation needs masks, but some predictions have no pred_masks")
+        for r in results:
+            # Without a box, loadRes derives area and box from the mask, as detectron2 does.
+            r.pop("bbox", None)
+    unknown = {r["image_id"] for r in results} - set(coco_gt.getImgIds())
+    if unknown:
+        raise ValueError(f"Predictions refer to image ids not in the dataset: {sorted(unknown)[:10]}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
+    coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+    if img_ids is not None:
+        coco_eval.params.imgIds = img_ids
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval, summary.getvalue()
+
+
+def derive_coco_results(coco_eval: COCOeval, class_names: list[str]) -> OrderedDict:
+    """``{AP, AP50, AP75, APs, APm, APl, AP-<class>...}`` in percent; NaN where undefined
+    (no ground truth of that size or class)."""
+    results = OrderedDict(
+        (m, float(coco_eval.stats[i] * 100) if coco_eval.stats[i] >= 0 else float("nan"))
+        for i, m in enumerate(COCO_METRICS)
+    )
+    # precision: (iou thresholds, recall thresholds, classes, area ranges, max dets)
+    precisions = coco_eval.eval["precision"]
+    if precisions.shape[2] != len(class_names):
+        raise ValueError(f"{precisions.shape[2]} evaluated categories but {len(class_names)} class names")
+    for idx, name in enumerate(class_names):
+        precision = precisions[:, :, idx, 0, -1]
+        precision = precision[precision > -1]
+        results[f"AP-{name}"] = float(np.mean(precision) * 100) if precision.size else float("nan")
+    return results
+
+
+def per_category_table(results: dict, n_cols: int = 6) -> str:
+    items = [(k[len("AP-") :], f"{v:.3f}") for k, v in results.items() if k.startswith("AP-")]
+    n_cols = min(n_cols, 2 * len(items)) or 2
+    flat = list(itertools.chain(*items))
+    rows = itertools.zip_longest(*[flat[i::n_cols] for i in range(n_cols)])
+    return tabulate(rows, tablefmt="pipe", floatfmt=".3f", headers=["category", "AP"] * (n_cols // 2), numalign="left")
+
+
+def _write_json_atomically(path: str, obj) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class COCOEvaluator(DatasetEvaluator):
+    """Box and mask AP of a COCO-format dataset (its metadata must hold ``json_file``).
+
+    ``process`` converts each image's ``instances`` (pred_boxes XYXY, scores, pred_classes,
+    pred_masks at the original size) to COCO results; ``evaluate`` gathers them from every
+    process, writes ``output_dir/coco_instances_results.json`` (before scoring, atomically) and
+    returns ``OrderedDict(bbox={AP, AP50, ..., AP-<class>}, segm={...})`` in percent on the main
+    process (an empty dict elsewhere).
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        output_dir: str | None = None,
+        distributed: bool = True,
+        tasks: tuple[str, ...] = ("bbox", "segm"),
+    ) -> None:
+        unknown = set(tasks) - {"bbox", "segm"}
+        if unknown or not tasks:
+            raise ValueError(f"COCOEvaluator tasks must be among ('bbox', 'segm'), got {tasks}")
+        self._dataset_name = dataset_name
+        self._output_dir = output_dir
+        self._distributed = distributed
+        self._tasks = tuple(t for t in ("bbox", "segm") if t in tasks)
+        metadata = MetadataCatalog.get(dataset_name)
+        json_file = metadata.get("json_file")
+        if json_file is None:
+            raise ValueError(
+                f"COCOEvaluator needs the metadata 'json_file' of dataset '{dataset_name}'; "
+                "register it with register_coco_instances"
+            )
+        if not os.path.isfile(json_file):
+            # Generated sets (shapes) write their json on first load.
+            DatasetCatalog.get(dataset_name)
+        self._coco_api = load_coco_api(json_file, dataset_name)
+        id_map = metadata.get("thing_dataset_id_to_contiguous_id") or category_id_map(self._coco_api)
+        self._contiguous_to_dataset_id = {v: k for k, v in id_map.items()}
+        self._class_names = metadata.get("thing_classes") or [
+            c["name"] for c in self._coco_api.loadCats(sorted(id_map))
+        ]
+        self._predictions: list[dict] = []
+
+    def reset(self) -> None:
+        self._predictions = []
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        for inp, out in zip(inputs, outputs):
+            if "instances" in out:
+                instances = out["instances"]
+                self._predictions.append(
+                    {
+                        "image_id": inp["image_id"],
+                        "instances": instances_to_coco_json(
+                            instances, inp["image_id"], self._contiguous_to_dataset_id
+                        ),
+                    }
+                )
+
+    def evaluate(self, img_ids: list[int] | None = None) -> OrderedDict:
+        if self._distributed:
+            comm.synchronize()
+            predictions = list(itertools.chain(*comm.all_gather(self._predictions)))
+            if not comm.is_main_process():
+                return OrderedDict()
+        else:
+            predictions = self._predictions
+        if not predictions:
+            logger.warning(f"COCOEvaluator on '{self._dataset_name}' received no predictions")
+        coco_results = list(itertools.chain(*[p["instances"] for p in predictions]))
+        if self._output_dir:
+            path = os.path.join(self._output_dir, RESULTS_FILE)
+            _write_json_atomically(path, coco_results)
+            logger.info(f"Saved {len(coco_results)} results to {path}")
+        results = OrderedDict()
+        for task in self._tasks:
+            coco_eval, summary = evaluate_predictions_on_coco(self._coco_api, coco_results, task, img_ids)
+            logger.info(f"Evaluation results for {task} on '{self._dataset_name}':\n{summary}")
+            results[task] = derive_coco_results(coco_eval, self._class_names)
+            table = tabulate(
+                [[f"{results[task][m]:.3f}" for m in COCO_METRICS]],
+                headers=list(COCO_METRICS), tablefmt="pipe", numalign="left",
+            )
+            logger.info(f"{task} AP:\n{table}\nPer-category {task} AP:\n{per_category_table(results[task])}")
+        return results
