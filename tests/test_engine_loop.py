@@ -12,7 +12,6 @@ from condinst_percep.engine.hooks import (
     IterationTimer,
     LRScheduler,
     PeriodicWriter,
-    flatten_results_dict,
 )
 from condinst_percep.engine.train_loop import SimpleTrainer
 from condinst_percep.utils.events import (
@@ -149,10 +148,7 @@ def test_writers_flush_what_was_measured_when_training_fails(tmp_path):
     assert [d["iteration"] for d in lines] == [19, 24]
 
 
-def test_flatten_and_storage_rules():
-    assert flatten_results_dict({"bbox": {"AP": 1.0, "per": {"cat": 2.0}}, "x": 3}) == {
-        "bbox/AP": 1.0, "bbox/per/cat": 2.0, "x": 3,
-    }
+def test_storage_refuses_mixed_smoothing_hints():
     with EventStorage() as storage:
         storage.put_scalar("a", 1.0)
         with pytest.raises(ValueError, match="'a'"):

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
 
+from condinst_percep.evaluation.testing import flatten_results_dict
 from condinst_percep.utils import comm
 from condinst_percep.utils.events import EventWriter
 
@@ -21,7 +22,6 @@ __all__ = [
     "PeriodicCheckpointer",
     "EvalHook",
     "PeriodicWriter",
-    "flatten_results_dict",
 ]
 
 
@@ -152,14 +152,3 @@ class PeriodicWriter(HookBase):
             writer.write()
             writer.close()
 
-
-def flatten_results_dict(results: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"bbox": {"AP": 1.0}}`` -> ``{"bbox/AP": 1.0}``, at any depth."""
-    flat: dict[str, Any] = {}
-    for k, v in results.items():
-        key = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            flat.update(flatten_results_dict(v, key))
-        else:
-            flat[key] = v
-    return flat
