@@ -1,0 +1,77 @@
+"""FCOS proposal generator (AdelaiDet ``FCOS``): the head plus its targets/losses/inference."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...layers import ShapeSpec
+from ...structures import Instances
+from .fcos_head import FCOSHead
+from .fcos_outputs import FCOSOutputs
+from .fcos_targets import compute_locations, flatten_predictions
+
+
+class FCOS(nn.Module):
+    """Children ``fcos_head`` (parameters) and ``fcos_outputs`` (none), as in AdelaiDet."""
+
+    def __init__(self, *, in_features: list[str], fpn_strides: list[int], fcos_head: FCOSHead,
+                 fcos_outputs: FCOSOutputs):
+        super().__init__()
+        self.in_features = list(in_features)
+        self.fpn_strides = list(fpn_strides)
+        self.fcos_head = fcos_head
+        self.fcos_outputs = fcos_outputs
+        self.in_channels_to_top_module = fcos_head.in_channels_to_top_module
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        in_features = list(cfg.MODEL.FCOS.IN_FEATURES)
+        missing = [f for f in in_features if f not in input_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.FCOS.IN_FEATURES = {in_features}: the backbone has no {missing} "
+                f"(it gives {sorted(input_shape)})"
+            )
+        shapes = [input_shape[f] for f in in_features]
+        return dict(
+            in_features=in_features,
+            fpn_strides=list(cfg.MODEL.FCOS.FPN_STRIDES),
+            fcos_head=FCOSHead(**FCOSHead.from_config(cfg, shapes)),
+            fcos_outputs=FCOSOutputs(**FCOSOutputs.from_config(cfg)),
+        )
+
+    def compute_locations(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [
+            compute_locations(f.shape[-2], f.shape[-1], stride, f.device)
+            for f, stride in zip(features, self.fpn_strides)
+        ]
+
+    def forward(
+        self,
+        image_sizes: list[tuple[int, int]],
+        features: dict[str, torch.Tensor],
+        gt_instances: list[Instances] | None = None,
+        top_module: nn.Module | None = None,
+    ):
+        """Training: returns ``(extras, losses)`` (see ``FCOSOutputs.losses``).
+        Inference: returns ``(detections per image, {})`` (see ``FCOSOutputs.predict_proposals``).
+
+        ``image_sizes`` are the un-padded network input sizes (h, w) of the images.
+        """
+        features = [features[f] for f in self.in_features]
+        locations = self.compute_locations(features)
+        logits, reg, ctrness, top_feats = self.fcos_head(features, top_module)
+        if self.training:
+            return self.fcos_outputs.losses(logits, reg, ctrness, locations, gt_instances, top_feats)
+        return (
+            self.fcos_outputs.predict_proposals(logits, reg, ctrness, locations, image_sizes, top_feats),
+            {},
+        )
+
+    def flat_top_feats(self, features: dict[str, torch.Tensor], top_module: nn.Module) -> torch.Tensor:
+        """``top_module`` outputs at every location, (P_all, K), flattened level-major exactly
+        like the training targets, so the student's ``pos_inds`` index them (teacher use)."""
+        return flatten_predictions(
+            self.fcos_head.top_feats([features[f] for f in self.in_features], top_module)
+        )
