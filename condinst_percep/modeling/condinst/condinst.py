@@ -1,0 +1,275 @@
+"""CondInst meta-architecture (AdelaiDet ``adet/modeling/condinst/condinst.py``)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...layers import aligned_bilinear
+from ...structures import Instances, clip_boxes, nonempty_boxes, scale_boxes
+from ..fcos import FCOS
+from ..fcos.fcos_targets import mask_centroids
+from .dynamic_mask_head import build_mask_head
+from .inputs import check_gt_instances, check_image
+from .mask_branch import MaskBranch
+
+logger = logging.getLogger(__name__)
+
+# Elements of float32 work memory per chunk of masks pasted at the original image size.
+_POSTPROCESS_CHUNK_ELEMENTS = 1 << 25
+
+
+class CondInst(nn.Module):
+    """Backbone + FCOS (with the controller) + mask branch + dynamic mask head.
+
+    Submodules are created in AdelaiDet's order and under its names (``backbone``,
+    ``proposal_generator``, ``mask_head``, ``mask_branch``, ``controller``), so the state_dict
+    matches AdelaiDet's key for key. Pixel mean/std are non-persistent buffers: they follow
+    ``.to(device)`` but are not in the state_dict (AdelaiDet keeps them outside the module).
+
+    Input: a list of dicts with ``image`` (3, H, W) uint8 in ``INPUT.FORMAT``, optional
+    ``height``/``width`` (output size, default H, W) and, for training, ``instances`` with
+    ``gt_boxes`` float (G, 4) XYXY, ``gt_classes`` int64 (G,), ``gt_masks`` bool (G, H, W).
+    Training returns the loss dict; inference returns ``[{"instances": Instances((height,
+    width), pred_boxes, scores, pred_classes, pred_masks bool (K, height, width))}]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        proposal_generator: FCOS,
+        mask_head: nn.Module,
+        mask_branch: MaskBranch,
+        controller: nn.Conv2d,
+        pixel_mean: list[float],
+        pixel_std: list[float],
+        mask_out_stride: int = 4,
+        max_proposals: int = -1,
+        topk_proposals_per_im: int = -1,
+    ):
+        super().__init__()
+        if max_proposals > 0 and topk_proposals_per_im > 0:
+            raise ValueError(
+                "MODEL.CONDINST.MAX_PROPOSALS and TOPK_PROPOSALS_PER_IM are mutually exclusive"
+            )
+        self.backbone = backbone
+        self.proposal_generator = proposal_generator
+        self.mask_head = mask_head
+        self.mask_branch = mask_branch
+        self.controller = controller
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), persistent=False
+        )
+        self.mask_out_stride = mask_out_stride
+        self.max_proposals = max_proposals
+        self.topk_proposals_per_im = topk_proposals_per_im
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        from ..backbone import build_backbone
+
+        backbone = build_backbone(cfg)
+        output_shape = backbone.output_shape()
+        proposal_generator = FCOS(**FCOS.from_config(cfg, output_shape))
+        mask_head = build_mask_head(cfg)
+        mask_branch = MaskBranch(**MaskBranch.from_config(cfg, output_shape))
+        controller = nn.Conv2d(
+            proposal_generator.in_channels_to_top_module, mask_head.num_gen_params,
+            kernel_size=3, stride=1, padding=1,
+        )
+        nn.init.normal_(controller.weight, std=0.01)
+        nn.init.constant_(controller.bias, 0)
+        ci = cfg.MODEL.CONDINST
+        return dict(
+            backbone=backbone,
+            proposal_generator=proposal_generator,
+            mask_head=mask_head,
+            mask_branch=mask_branch,
+            controller=controller,
+            pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+            pixel_std=list(cfg.MODEL.PIXEL_STD),
+            mask_out_stride=ci.MASK_OUT_STRIDE,
+            max_proposals=ci.MAX_PROPOSALS,
+            topk_proposals_per_im=ci.TOPK_PROPOSALS_PER_IM,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------------------- inputs
+    def preprocess_image(self, batched_inputs: list[dict]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Normalises each image, ``(x - mean) / std`` in float32, then zero-pads them at the
+        bottom/right into one (N, 3, Hp, Wp) batch, Hp and Wp the largest sizes rounded up to
+        ``backbone.size_divisibility``. Returns the batch and the un-padded (h, w) sizes."""
+        if not batched_inputs:
+            raise ValueError("CondInst got an empty list of inputs")
+        images = []
+        for i, x in enumerate(batched_inputs):
+            image = check_image(i, x, len(self.pixel_mean))
+            images.append((image.to(self.device).float() - self.pixel_mean) / self.pixel_std)
+        image_sizes = [tuple(im.shape[-2:]) for im in images]
+        div = getattr(self.backbone, "size_divisibility", 0) or 1
+        hp = -(-max(h for h, _ in image_sizes) // div) * div
+        wp = -(-max(w for _, w in image_sizes) // div) * div
+        batch = images[0].new_zeros((len(images), images[0].shape[0], hp, wp))
+        for im, padded in zip(images, batch):
+            padded[:, : im.shape[1], : im.shape[2]].copy_(im)
+        return batch, image_sizes
+
+    def add_bitmasks(self, gt_instances: list[Instances], padded_h: int, padded_w: int) -> None:
+        """Adds to each image's GT ``gt_bitmasks`` float32 (G, Hp/s, Wp/s), the padded canvas
+        sampled at ``[s//2::s, s//2::s]`` (s = MASK_OUT_STRIDE), and ``gt_centroids`` float32
+        (G, 2), the masks' centres of mass used by FCOS centre sampling."""
+        s = self.mask_out_stride
+        for gt in gt_instances:
+            masks = gt.gt_masks
+            sampled = masks[:, s // 2 :: s, s // 2 :: s]
+            bitmasks = torch.zeros(
+                (len(masks), padded_h // s, padded_w // s), dtype=torch.float32, device=masks.device
+            )
+            bitmasks[:, : sampled.shape[1], : sampled.shape[2]] = sampled
+            gt.gt_bitmasks = bitmasks
+            gt.gt_centroids = mask_centroids(masks, (padded_h, padded_w))
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: list[dict]):
+        images, image_sizes = self.preprocess_image(batched_inputs)
+        features = self.backbone(images)
+        if self.training:
+            gt_instances = [
+                check_gt_instances(i, x, self.proposal_generator.fcos_outputs.num_classes).to(self.device)
+                for i, x in enumerate(batched_inputs)
+            ]
+            self.add_bitmasks(gt_instances, images.shape[-2], images.shape[-1])
+            mask_feats = self.mask_branch(features)
+            extras, losses = self.proposal_generator(image_sizes, features, gt_instances, self.controller)
+            pred_instances = self.sample_instances(extras["instances"], gt_instances)
+            pred_instances.mask_head_params = pred_instances.top_feats
+            losses.update(
+                self.mask_head(
+                    mask_feats, self.mask_branch.out_stride, pred_instances, gt_instances,
+                    batched_inputs=batched_inputs,
+                )
+            )
+            return losses
+        mask_feats = self.mask_branch(features)
+        detections, _ = self.proposal_generator(image_sizes, features, None, self.controller)
+        return self.inference(detections, mask_feats, batched_inputs, image_sizes, images.shape[-2:])
+
+    def controller_outputs(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Controller outputs at every FCOS location, (P_all, num_gen_params), flattened
+        level-major like the training targets: a teacher indexes them with the student's
+        ``pos_inds`` (same padded batch, same strides)."""
+        return self.proposal_generator.flat_top_feats(features, self.controller)
+
+    def sample_instances(self, instances: Instances, gt_instances: list[Instances]) -> Instances:
+        """The positive locations the mask loss sees: all of them, or MAX_PROPOSALS drawn at
+        random (``torch.randperm`` on the device, as AdelaiDet), or per GT the
+        ``TOPK_PROPOSALS_PER_IM / #GTs-with-positives-in-the-image`` (at least 1) best by
+        ``max_c sigmoid(cls) * sigmoid(ctrness)``. Order with TOPK: by GT, then score."""
+        n = len(instances)
+        if 0 <= self.max_proposals < n:
+            logger.debug("clipping proposals from %d to %d", n, self.max_proposals)
+            inds = torch.randperm(n, device=instances.labels.device)
+            return instances[inds[: self.max_proposals]]
+        if self.topk_proposals_per_im > 0 and n > 0:
+            return instances[self._topk_per_gt(instances, gt_instances)]
+        return instances
+
+    def _topk_per_gt(self, instances: Instances, gt_instances: list[Instances]) -> torch.Tensor:
+        device = instances.gt_inds.device
+        num_gts = [len(g) for g in gt_instances]
+        gt_image = torch.repeat_interleave(
+            torch.arange(len(num_gts), device=device), torch.tensor(num_gts, device=device)
+        )
+        has_pos = torch.zeros(sum(num_gts), dtype=torch.int64, device=device)
+        has_pos[instances.gt_inds] = 1
+        gts_per_image = torch.zeros(len(num_gts), dtype=torch.int64, device=device)
+        gts_per_image.index_add_(0, gt_image, has_pos)
+        k_per_image = (self.topk_proposals_per_im // gts_per_image.clamp(min=1)).clamp(min=1)
+
+        scores = instances.logits_pred.float().sigmoid().max(dim=1).values
+        scores = scores * instances.ctrness_pred.float().sigmoid()
+        by_score = torch.sort(scores, descending=True, stable=True).indices
+        order = by_score[torch.sort(instances.gt_inds[by_score], stable=True).indices]
+        sorted_gt = instances.gt_inds[order]
+        counts = torch.bincount(sorted_gt, minlength=sum(num_gts))
+        group_start = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(order), device=device) - group_start[sorted_gt]
+        keep = rank < k_per_image[gt_image[sorted_gt]]
+        return order[keep]
+
+    # ---------------------------------------------------------------------------- inference
+    def inference(
+        self,
+        detections: list[Instances],
+        mask_feats: torch.Tensor,
+        batched_inputs: list[dict],
+        image_sizes: list[tuple[int, int]],
+        padded_size: tuple[int, int],
+    ) -> list[dict]:
+        """Runs the mask head once over all images' detections, then post-processes each."""
+        padded = tuple(padded_size)
+        merged = Instances.cat(
+            [
+                Instances(padded, im_inds=torch.full((len(d),), i, dtype=torch.int64, device=mask_feats.device),
+                          **d.get_fields())
+                for i, d in enumerate(detections)
+            ]
+        )
+        merged.mask_head_params = merged.top_feat
+        merged = self.mask_head(mask_feats, self.mask_branch.out_stride, merged)
+        results = []
+        start = 0
+        for i, (x, size) in enumerate(zip(batched_inputs, image_sizes)):
+            per_image = merged[start : start + len(detections[i])]
+            start += len(detections[i])
+            height, width = int(x.get("height", size[0])), int(x.get("width", size[1]))
+            results.append({"instances": self.postprocess(per_image, size, height, width, padded)})
+        return results
+
+    def postprocess(
+        self,
+        instances: Instances,
+        input_size: tuple[int, int],
+        height: int,
+        width: int,
+        padded_size: tuple[int, int],
+        mask_threshold: float = 0.5,
+    ) -> Instances:
+        """Scales boxes to (height, width), clips them, drops empty ones, and pastes masks:
+        ``aligned_bilinear`` to the padded input size, crop to the un-padded input size,
+        bilinear resize (align_corners=False) to (height, width), ``> mask_threshold``.
+
+        Masks are processed in chunks so that the float work memory stays bounded whatever the
+        image size (AdelaiDet materialises all masks at once as float: issue #376).
+        Returns ``pred_boxes`` float32 (K, 4), ``scores`` float32 (K,), ``pred_classes`` int64
+        (K,), ``pred_masks`` bool (K, height, width).
+        """
+        h, w = input_size
+        boxes = scale_boxes(instances.pred_boxes.float(), width / w, height / h)
+        boxes = clip_boxes(boxes, (height, width))
+        keep = nonempty_boxes(boxes)
+        probs = instances.pred_global_masks[keep]
+        factor = padded_size[0] // probs.shape[-2]
+        masks = torch.zeros((len(probs), height, width), dtype=torch.bool, device=probs.device)
+        chunk = max(1, _POSTPROCESS_CHUNK_ELEMENTS // max(padded_size[0] * padded_size[1], height * width))
+        for start in range(0, len(probs), chunk):
+            m = aligned_bilinear(probs[start : start + chunk].float(), factor)[:, :, :h, :w]
+            m = F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
+            masks[start : start + chunk] = m[:, 0] > mask_threshold
+        return Instances(
+            (height, width),
+            pred_boxes=boxes[keep],
+            scores=instances.scores[keep].float(),
+            pred_classes=instances.pred_classes[keep],
+            pred_masks=masks,
+        )
