@@ -11,7 +11,12 @@ from .catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import load_coco_json, register_coco_instances
 from .dataset_mapper import DatasetMapper, build_augmentation
 from .detection_utils import BoxMode, read_image
-from .samplers import GroupedBatchSampler, InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler
+from .samplers import (
+    GroupedBatchSampler,
+    InferenceSampler,
+    RepeatFactorTrainingSampler,
+    TrainingSampler,
+)
 from .shapes import SHAPE_CLASSES, generate_shapes, register_shapes, shapes_cache_root
 
 __all__ = [

@@ -71,7 +71,8 @@ def polygons_to_bitmask(polygons: list, height: int, width: int) -> np.ndarray:
     """Rasterises polygons (flat [x0, y0, ...] each) like COCO: frPyObjects -> merge -> decode."""
     if len(polygons) == 0:
         return np.zeros((height, width), dtype=bool)
-    rles = mask_util.frPyObjects([np.asarray(p, dtype=np.float64).tolist() for p in polygons], height, width)
+    polygons = [np.asarray(p, dtype=np.float64).tolist() for p in polygons]
+    rles = mask_util.frPyObjects(polygons, height, width)
     return mask_util.decode(mask_util.merge(rles)).astype(bool)
 
 
@@ -88,7 +89,9 @@ def segmentation_to_bitmask(segm: Any, height: int, width: int, ann_id: Any = No
         if isinstance(segm["counts"], list):
             segm = mask_util.frPyObjects(segm, height, width)
         return mask_util.decode(segm).astype(bool)
-    raise ValueError(f"Annotation {ann_id}: cannot interpret segmentation of type {type(segm).__name__}")
+    raise ValueError(
+        f"Annotation {ann_id}: cannot interpret segmentation of type {type(segm).__name__}"
+    )
 
 
 def transform_instance_annotation(

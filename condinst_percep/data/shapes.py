@@ -112,7 +112,8 @@ def render_scene(
             trial[mask] = len(full) + 1
             areas = np.bincount(trial.ravel(), minlength=len(full) + 2)[1:]
             full_areas = np.array([m.sum() for m in full] + [mask.sum()])
-            if (areas >= MIN_VISIBLE_PIXELS).all() and (areas >= MIN_VISIBLE_FRACTION * full_areas).all():
+            enough = (areas >= MIN_VISIBLE_PIXELS) & (areas >= MIN_VISIBLE_FRACTION * full_areas)
+            if enough.all():
                 classes.append(class_idx)
                 full.append(mask)
                 labels = trial
@@ -204,7 +205,8 @@ def generate_shapes(
         "images": images,
         "annotations": annotations,
         "categories": [
-            {"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(SHAPE_CLASSES)
+            {"id": k + 1, "name": name, "supercategory": "shape"}
+            for k, name in enumerate(SHAPE_CLASSES)
         ],
     }
     json_file = os.path.join(output_dir, "annotations.json")

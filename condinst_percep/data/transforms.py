@@ -38,7 +38,10 @@ class Transform:
 
     def apply_polygons(self, polygons: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Each polygon is a flat array [x0, y0, x1, y1, ...]."""
-        return [self.apply_coords(np.asarray(p, dtype=np.float64).reshape(-1, 2)).reshape(-1) for p in polygons]
+        return [
+            self.apply_coords(np.asarray(p, dtype=np.float64).reshape(-1, 2)).reshape(-1)
+            for p in polygons
+        ]
 
 
 class NoOpTransform(Transform):

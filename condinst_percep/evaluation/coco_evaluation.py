@@ -14,6 +14,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pycocotools.mask as mask_util
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
@@ -47,6 +48,8 @@ def instances_to_coco_json(
     scores = instances.scores.detach().float().cpu().tolist()
     classes = instances.pred_classes.detach().cpu().tolist()
     masks = instances.pred_masks if instances.has("pred_masks") else None
+    if masks is not None and masks.dtype != torch.bool:
+        raise ValueError(f"pred_masks must be bool (thresholded), got {masks.dtype}")
     results = []
     for k in range(num):
         if classes[k] not in contiguous_to_dataset_id:
@@ -118,7 +121,9 @@ def derive_coco_results(coco_eval: COCOeval, class_names: list[str]) -> OrderedD
     # precision: (iou thresholds, recall thresholds, classes, area ranges, max dets)
     precisions = coco_eval.eval["precision"]
     if precisions.shape[2] != len(class_names):
-        raise ValueError(f"{precisions.shape[2]} evaluated categories but {len(class_names)} class names")
+        raise ValueError(
+            f"{precisions.shape[2]} evaluated categories but {len(class_names)} class names"
+        )
     for idx, name in enumerate(class_names):
         precision = precisions[:, :, idx, 0, -1]
         precision = precision[precision > -1]
@@ -131,7 +136,8 @@ def per_category_table(results: dict, n_cols: int = 6) -> str:
     n_cols = min(n_cols, 2 * len(items)) or 2
     flat = list(itertools.chain(*items))
     rows = itertools.zip_longest(*[flat[i::n_cols] for i in range(n_cols)])
-    return tabulate(rows, tablefmt="pipe", floatfmt=".3f", headers=["category", "AP"] * (n_cols // 2), numalign="left")
+    headers = ["category", "AP"] * (n_cols // 2)
+    return tabulate(rows, tablefmt="pipe", floatfmt=".3f", headers=headers, numalign="left")
 
 
 def _write_json_atomically(path: str, obj) -> None:
@@ -225,12 +231,15 @@ class COCOEvaluator(DatasetEvaluator):
             logger.info(f"Saved {len(coco_results)} results to {path}")
         results = OrderedDict()
         for task in self._tasks:
-            coco_eval, summary = evaluate_predictions_on_coco(self._coco_api, coco_results, task, img_ids)
+            coco_eval, summary = evaluate_predictions_on_coco(
+                self._coco_api, coco_results, task, img_ids
+            )
             logger.info(f"Evaluation results for {task} on '{self._dataset_name}':\n{summary}")
             results[task] = derive_coco_results(coco_eval, self._class_names)
             table = tabulate(
                 [[f"{results[task][m]:.3f}" for m in COCO_METRICS]],
                 headers=list(COCO_METRICS), tablefmt="pipe", numalign="left",
             )
-            logger.info(f"{task} AP:\n{table}\nPer-category {task} AP:\n{per_category_table(results[task])}")
+            per_category = per_category_table(results[task])
+            logger.info(f"{task} AP:\n{table}\nPer-category {task} AP:\n{per_category}")
         return results
