@@ -156,9 +156,9 @@ def test_adelaidet_base_condinst_loads_and_is_accepted():
         ("MODEL.MOBILENET", True),
         ("MODEL.BACKBONE.ANTI_ALIAS", True),
         ("MODEL.FCOS.USE_DEFORMABLE", True),
-        ("MODEL.FCOS.BOX_QUALITY", "iou"),
-        ("MODEL.FCOS.NORM", "NaiveGN"),
-        ("MODEL.FCOS.LOSS_NORMALIZER_CLS", "moving_fg"),
+        ("MODEL.FCOS.BOX_QUALITY", "quality"),
+        ("MODEL.FCOS.NORM", "LN"),
+        ("MODEL.FCOS.LOSS_NORMALIZER_CLS", "median"),
         ("MODEL.FCOS.YIELD_PROPOSAL", True),
         ("MODEL.FCOS.USE_RELU", False),
         ("MODEL.MASK_ON", False),
@@ -172,6 +172,7 @@ def test_adelaidet_base_condinst_loads_and_is_accepted():
         ("SOLVER.AMP.DTYPE", "float8"),
         ("SOLVER.BASE_LR", -0.01),
         ("SOLVER.MAX_ITER", 0),
+        ("MODEL.CONDINST.MASK_OUT_STRIDE", 3),
     ],
 )
 def test_each_unsupported_value_is_refused_by_name(key, value):
@@ -212,3 +213,20 @@ def test_all_problems_reported_at_once():
         "SOLVER.BASE_LR",
         "MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON",
     }
+
+
+def test_tiny_from_scratch_model_is_accepted():
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 16
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 16
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.FCOS.NUM_CLASSES = 3
+    cfg.MODEL.DEVICE = "cpu"
+    validate_cfg(cfg)
+    cfg.MODEL.FPN.OUT_CHANNELS = 24
+    assert refused_keys(cfg) == ["MODEL.FCOS.NORM"]  # GN's 32 groups
+    cfg.MODEL.FCOS.NORM = "none"
+    validate_cfg(cfg)

@@ -26,20 +26,16 @@ SUPPORTED_CHOICES: dict[str, tuple[Any, ...]] = {
     "MODEL.FPN.NORM": ("", "FrozenBN", "BN", "SyncBN", "nnSyncBN", "GN"),
     "MODEL.FPN.FUSE_TYPE": ("sum", "avg"),
     "MODEL.FCOS.TOP_LEVELS": (0, 1, 2),
-    "MODEL.FCOS.NORM": ("GN", "none"),
-    "MODEL.FCOS.BOX_QUALITY": ("ctrness",),
-    "MODEL.FCOS.LOSS_NORMALIZER_CLS": ("fg",),
-    "MODEL.FCOS.LOC_LOSS_TYPE": ("giou",),
+    "MODEL.FCOS.NORM": ("GN", "NaiveGN", "BN", "SyncBN", "none"),
+    "MODEL.FCOS.BOX_QUALITY": ("ctrness", "iou"),
+    "MODEL.FCOS.LOSS_NORMALIZER_CLS": ("fg", "moving_fg", "all"),
+    "MODEL.FCOS.LOC_LOSS_TYPE": ("iou", "linear_iou", "giou"),
     "MODEL.FCOS.USE_RELU": (True,),
-    "MODEL.FCOS.USE_SCALE": (True,),
-    "MODEL.FCOS.CENTER_SAMPLE": (True,),
     "MODEL.FCOS.YIELD_PROPOSAL": (False,),
     "MODEL.FCOS.YIELD_BOX_FEATURES": (False,),
-    "MODEL.CONDINST.MASK_OUT_STRIDE": (4,),
     "MODEL.CONDINST.BOTTOM_PIXELS_REMOVED": (-1,),
     "MODEL.CONDINST.MASK_HEAD.USE_FP16": (False,),
-    "MODEL.CONDINST.MASK_HEAD.DISABLE_REL_COORDS": (False,),
-    "MODEL.CONDINST.MASK_BRANCH.NORM": ("BN",),
+    "MODEL.CONDINST.MASK_BRANCH.NORM": ("", "BN", "SyncBN", "nnSyncBN", "FrozenBN", "GN"),
     "INPUT.FORMAT": ("BGR", "RGB"),
     "INPUT.MASK_FORMAT": ("polygon", "bitmask"),
     "INPUT.MIN_SIZE_TRAIN_SAMPLING": ("choice", "range"),
@@ -240,6 +236,21 @@ def _check_heads(cfg: CfgNode, bad) -> None:
             bad(f"MODEL.CONDINST.MASK_BRANCH.{key}", "must be a positive integer")
     if ci.MASK_BRANCH.NUM_CONVS < 0:
         bad("MODEL.CONDINST.MASK_BRANCH.NUM_CONVS", "must be >= 0")
+    mask_in = list(ci.MASK_BRANCH.IN_FEATURES)
+    if mask_in and mask_in[0][1:].isdigit():
+        mask_stride = 2 ** int(mask_in[0][1:])
+        if ci.MASK_OUT_STRIDE < 1 or mask_stride % ci.MASK_OUT_STRIDE:
+            bad(
+                "MODEL.CONDINST.MASK_OUT_STRIDE",
+                f"must divide the mask-branch stride {mask_stride} (of {mask_in[0]})",
+            )
+    if f.NORM in ("GN", "NaiveGN") and cfg.MODEL.FPN.OUT_CHANNELS % 32:
+        bad("MODEL.FCOS.NORM", "GN uses 32 groups: MODEL.FPN.OUT_CHANNELS must divide by 32")
+    if ci.MASK_BRANCH.NORM == "GN" and ci.MASK_BRANCH.CHANNELS % 32:
+        bad(
+            "MODEL.CONDINST.MASK_BRANCH.NORM",
+            "GN uses 32 groups: MASK_BRANCH.CHANNELS must divide by 32",
+        )
 
 
 def _check_input(cfg: CfgNode, bad) -> None:
