@@ -11,7 +11,7 @@ import torch
 from .detection_utils import (
     annotations_to_instances,
     check_image_size,
-    filter_empty_instances,
+    is_nonempty,
     read_image,
     transform_instance_annotation,
 )
@@ -95,5 +95,6 @@ class DatasetMapper:
                 for obj in record["annotations"]
                 if obj.get("iscrowd", 0) == 0
             ]
-            out["instances"] = filter_empty_instances(annotations_to_instances(annos, image_size))
+            annos = [a for a in annos if is_nonempty(a)]
+            out["instances"] = annotations_to_instances(annos, image_size)
         return out

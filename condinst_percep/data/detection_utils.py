@@ -140,9 +140,8 @@ def annotations_to_instances(annotations: list[dict], image_size: tuple[int, int
     return Instances((h, w), gt_boxes=boxes, gt_classes=classes, gt_masks=masks)
 
 
-def filter_empty_instances(instances: Instances, box_threshold: float = 1e-5) -> Instances:
-    """Drops instances whose box has no area or whose mask has no pixel (detectron2's rule)."""
-    boxes = instances.gt_boxes
-    keep = ((boxes[:, 2] - boxes[:, 0]) > box_threshold) & ((boxes[:, 3] - boxes[:, 1]) > box_threshold)
-    keep &= instances.gt_masks.flatten(1).any(dim=1)
-    return instances[keep]
+def is_nonempty(annotation: dict, box_threshold: float = 1e-5) -> bool:
+    """detectron2's ``filter_empty_instances`` rule for one transformed annotation: its box has
+    width and height above the threshold and its mask has a pixel."""
+    x1, y1, x2, y2 = annotation["bbox"]
+    return x2 - x1 > box_threshold and y2 - y1 > box_threshold and bool(annotation["mask"].any())

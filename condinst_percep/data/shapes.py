@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 SHAPE_CLASSES = ("circle", "rectangle", "triangle", "ellipse")
 # Bump when the generator's output changes, so caches of older versions are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MIN_VISIBLE_PIXELS = 20
 MIN_VISIBLE_FRACTION = 0.3
 
@@ -53,7 +53,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         angle, period = rng.uniform(0, np.pi), rng.uniform(6, 40)
         phase = (np.cos(angle) * xx + np.sin(angle) * yy) * (2 * np.pi / period)
         image += (np.sin(phase)[..., None] * rng.uniform(-20, 20, size=3)).astype(np.float32)
-    noise = rng.normal(0, 25, size=(h, w, 3)).astype(np.float32)
+    noise = rng.standard_normal(size=(h, w, 3), dtype=np.float32) * 25
     image += cv2.GaussianBlur(noise, (0, 0), sigmaX=float(rng.uniform(0.8, 2.5)))
     return image
 
@@ -120,8 +120,8 @@ def render_scene(
                 break
     for mask in full:
         colour = _distinct_colour(rng, image)
-        texture = rng.normal(0, rng.uniform(2, 12), size=(h, w, 3)).astype(np.float32)
-        image[mask] = colour + texture[mask]
+        sigma = rng.uniform(2, 12)
+        image[mask] = colour + sigma * rng.standard_normal(size=(int(mask.sum()), 3), dtype=np.float32)
     visible = [labels == k + 1 for k in range(len(full))]
     return np.clip(np.round(image), 0, 255).astype(np.uint8), classes, full, visible
 
