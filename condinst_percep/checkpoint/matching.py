@@ -40,6 +40,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    model_keys: list[str] = field(default_factory=list, repr=False)
 
     def table(self) -> str:
         """A table of every key that was not loaded, grouped by module, with the reason."""
@@ -47,7 +48,7 @@ class LoadReport:
             (k, f"shape mismatch: checkpoint {c} vs model {m}")
             for k, (c, m) in self.mismatched.items()
         ]
-        rows += [(k, "missing from the checkpoint") for k in _group(self.missing)]
+        rows += [(k, "missing from the checkpoint") for k in _collapse(self.missing, self.model_keys, self.expected_missing)]
         rows += [(k, "missing (harmless: counter)") for k in _group(self.expected_missing)]
         rows += [(k, "unexpected: not in the model") for k in _group(self.unexpected)]
         rows += [(k, f"skipped: {why}") for k, why in _group_reasons(self.skipped).items()]
@@ -67,6 +68,26 @@ def _group(keys: list[str]) -> list[str]:
         f"{m}.{leaves[0]}" if len(leaves) == 1 else f"{m}.{{{','.join(sorted(leaves))}}}"
         for m, leaves in groups.items()
     ]
+
+
+def _collapse(keys: list[str], model_keys: list[str], harmless: list[str]) -> list[str]:
+    """Whole modules missing (e.g. every head when loading ImageNet weights) as ``prefix.*``;
+    the rest grouped by :func:`_group`."""
+    keyset, covered, rows, rest = set(keys) | set(harmless), set(), [], []
+    for key in keys:
+        if key in covered:
+            continue
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            prefix = ".".join(parts[:i]) + "."
+            under = [k for k in model_keys if k.startswith(prefix)]
+            if len(under) > 1 and keyset.issuperset(under):
+                rows.append(f"{prefix}* ({len(under)} keys)")
+                covered.update(under)
+                break
+        else:
+            rest.append(key)
+    return rows + _group(rest)
 
 
 def _group_reasons(skipped: dict[str, str]) -> dict[str, str]:
@@ -90,8 +111,8 @@ def load_model_weights(
     the parameter elements under ``backbone.`` (of the whole model if it has no backbone) were
     loaded: training from noise because of a wrong file or wrong names is never what was meant.
     """
-    report = LoadReport(source=source, skipped=dict(dropped or {}))
     model_sd = model.state_dict()
+    report = LoadReport(source=source, skipped=dict(dropped or {}), model_keys=list(model_sd))
     kept: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in state_dict.items():
         reason = next((why for p, why in _SKIPPED_PREFIXES.items() if key.startswith(p)), None)
