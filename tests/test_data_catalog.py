@@ -115,7 +115,8 @@ def test_unknown_dataset_error_lists_known_names():
 def test_missing_files_name_dataset_and_path(tmp_path):
     json_file, image_root = _write_coco(str(tmp_path))
     missing_json = f"coco:{tmp_path / 'nope.json'}:{image_root}"
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    expected = "annotation file not found: .*nope.json.*Known datasets: .*shapes_val"
+    with pytest.raises(FileNotFoundError, match=expected):
         DatasetCatalog.get(missing_json)
     with pytest.raises(FileNotFoundError, match="image folder not found.*no_images"):
         DatasetCatalog.get(f"coco:{json_file}:{tmp_path / 'no_images'}")

@@ -57,8 +57,7 @@ def _load_builtin_coco(name: str, json_file: str, image_root: str) -> list[dict]
             raise FileNotFoundError(
                 f"Dataset '{name}': {what} not found: {path}. Put COCO under "
                 f"$DETECTRON2_DATASETS (now {datasets_root()!r}) as coco/annotations/"
-                f"instances_*2017.json and coco/{{train,val}}2017/. Known datasets: "
-                f"{', '.join(DatasetCatalog.list())}"
+                f"instances_*2017.json and coco/{{train,val}}2017/"
             )
     return load_coco_json(json_file, image_root, name)
 

@@ -89,7 +89,12 @@ class _DatasetCatalog:
                 "Register it with register_coco_instances(name, {}, json_file, image_root) or "
                 f"name it '{COCO_NAME_PREFIX}JSON_FILE:IMAGE_ROOT'."
             )
-        return self._funcs[name]()
+        try:
+            return self._funcs[name]()
+        except FileNotFoundError as e:
+            if "Known datasets" in str(e):
+                raise
+            raise FileNotFoundError(f"{e}. Known datasets: {', '.join(self.list())}") from e
 
     def list(self) -> list[str]:
         return sorted(self._funcs)
