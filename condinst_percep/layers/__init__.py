@@ -1,6 +1,6 @@
 from .aligned_bilinear import aligned_bilinear
 from .batch_norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm
-from .losses import IOULoss, dice_coefficient, sigmoid_focal_loss_jit
+from .losses import IOULoss, dice_coefficient, sigmoid_focal_loss
 from .nms import batched_nms, nms
 from .shape_spec import ShapeSpec
 from .wrappers import Conv2d, c2_msra_fill, c2_xavier_fill
@@ -17,6 +17,6 @@ __all__ = [
     "batched_nms",
     "dice_coefficient",
     "nms",
-    "sigmoid_focal_loss_jit",
+    "sigmoid_focal_loss",
     "ShapeSpec",
 ]

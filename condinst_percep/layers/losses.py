@@ -1,15 +1,17 @@
 """Box and mask losses of FCOS / CondInst (AdelaiDet's ``IOULoss`` and ``dice_coefficient``).
 
-The focal loss is fvcore's ``sigmoid_focal_loss_jit``, re-exported here.
+The focal loss is fvcore's ``sigmoid_focal_loss``, re-exported here: the same function as the
+``sigmoid_focal_loss_jit`` AdelaiDet calls, run eagerly (TorchScript is deprecated, and its
+first-call compilation cost seconds on CPU).
 """
 
 from __future__ import annotations
 
 import torch
-from fvcore.nn import sigmoid_focal_loss_jit
+from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 
-__all__ = ["IOULoss", "compute_ious", "dice_coefficient", "sigmoid_focal_loss_jit"]
+__all__ = ["IOULoss", "compute_ious", "dice_coefficient", "sigmoid_focal_loss"]
 
 LOC_LOSS_TYPES = ("iou", "linear_iou", "giou")
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...layers import IOULoss, batched_nms, sigmoid_focal_loss_jit
+from ...layers import IOULoss, batched_nms, sigmoid_focal_loss
 from ...layers.losses import compute_ious
 from ...structures import Instances
 from ...utils.comm import reduce_mean
@@ -157,7 +157,7 @@ class FCOSOutputs(nn.Module):
 
         class_target = torch.zeros_like(logits)
         class_target[pos_inds, labels[pos_inds]] = 1
-        class_loss = sigmoid_focal_loss_jit(
+        class_loss = sigmoid_focal_loss(
             logits, class_target, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma,
             reduction="sum",
         )
