@@ -31,7 +31,8 @@ def reference_backbone_rows() -> list[tuple[str, tuple[int, ...]]]:
     for line in TSV.read_text().splitlines():
         if line.startswith("backbone."):
             key, shape, _ = line.split("\t")
-            rows.append((key[len("backbone.") :], tuple(int(s) for s in shape.strip("(,)").split(",") if s.strip())))
+            dims = tuple(int(s) for s in shape.strip("(,)").split(",") if s.strip())
+            rows.append((key[len("backbone.") :], dims))
     return rows
 
 
@@ -92,7 +93,8 @@ def test_r101_backbone_key_count_matches_627_key_model():
 
 def frozen_bn(x, norm):
     scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    return x * scale[None, :, None, None] + (norm.bias - norm.running_mean * scale)[None, :, None, None]
+    shift = norm.bias - norm.running_mean * scale
+    return x * scale[None, :, None, None] + shift[None, :, None, None]
 
 
 @pytest.mark.parametrize("stride_in_1x1", [True, False])
@@ -141,8 +143,9 @@ def test_fpn_forward_against_reference():
     c = backbone.bottom_up(x)
     conv = lambda m, t, **kw: F.conv2d(t, m.weight, m.bias, **kw)  # noqa: E731
     lat5 = conv(backbone.fpn_lateral5, c["res5"])
-    lat4 = conv(backbone.fpn_lateral4, c["res4"]) + lat5.repeat_interleave(2, 2).repeat_interleave(2, 3)
-    lat3 = conv(backbone.fpn_lateral3, c["res3"]) + lat4.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    up2 = lambda t: t.repeat_interleave(2, 2).repeat_interleave(2, 3)  # noqa: E731
+    lat4 = conv(backbone.fpn_lateral4, c["res4"]) + up2(lat5)
+    lat3 = conv(backbone.fpn_lateral3, c["res3"]) + up2(lat4)
     p5 = conv(backbone.fpn_output5, lat5, padding=1)
     p6 = conv(backbone.top_block.p6, p5, stride=2, padding=1)
     expected = {
@@ -158,7 +161,10 @@ def test_fpn_forward_against_reference():
     assert [tuple(v.shape[-2:]) for v in out.values()] == [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]
 
 
-@pytest.mark.parametrize("top_levels, names", [(2, ["p3", "p4", "p5", "p6", "p7"]), (1, ["p3", "p4", "p5", "p6"]), (0, ["p3", "p4", "p5"])])
+@pytest.mark.parametrize(
+    "top_levels, names",
+    [(2, ["p3", "p4", "p5", "p6", "p7"]), (1, ["p3", "p4", "p5", "p6"]), (0, ["p3", "p4", "p5"])],
+)
 def test_top_levels(top_levels, names):
     cfg = tiny_cfg()
     cfg.MODEL.FCOS.TOP_LEVELS = top_levels
@@ -191,7 +197,10 @@ def test_input_errors():
 # --- freezing and initialisation -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("freeze_at, frozen", [(0, []), (1, ["stem"]), (2, ["stem", "res2"]), (5, ["stem", "res2", "res3", "res4", "res5"])])
+@pytest.mark.parametrize(
+    "freeze_at, frozen",
+    [(0, []), (1, ["stem"]), (2, ["stem", "res2"]), (5, ["stem", "res2", "res3", "res4", "res5"])],
+)
 def test_freeze_at(freeze_at, frozen):
     cfg = tiny_cfg(NORM="BN")
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
@@ -200,7 +209,8 @@ def test_freeze_at(freeze_at, frozen):
         module = getattr(bottom_up, name)
         grads = {p.requires_grad for p in module.parameters()}
         assert grads == {name not in frozen}, name
-        bn_types = {type(m) for m in module.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))}
+        norms = (nn.BatchNorm2d, FrozenBatchNorm2d)
+        bn_types = {type(m) for m in module.modules() if isinstance(m, norms)}
         assert bn_types == {FrozenBatchNorm2d if name in frozen else nn.BatchNorm2d}, name
 
 
@@ -229,12 +239,15 @@ def test_frozen_bn_closed_form_and_grad_path():
     bn = FrozenBatchNorm2d(3)
     randomise_norms(bn)
     x = torch.randn(2, 3, 4, 5)
-    expected = (x - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + 1e-5) * bn.weight[:, None, None] + bn.bias[:, None, None]
+    mean, var = bn.running_mean[:, None, None], bn.running_var[:, None, None]
+    w, b = bn.weight[:, None, None], bn.bias[:, None, None]
+    expected = (x - mean) / torch.sqrt(var + 1e-5) * w + b
     torch.testing.assert_close(bn(x), expected)
     xg = x.clone().requires_grad_()
     torch.testing.assert_close(bn(xg), expected)
     bn(xg).sum().backward()
-    torch.testing.assert_close(xg.grad, (bn.weight / torch.sqrt(bn.running_var + 1e-5))[None, :, None, None].expand_as(x))
+    slope = bn.weight / torch.sqrt(bn.running_var + 1e-5)
+    torch.testing.assert_close(xg.grad, slope[None, :, None, None].expand_as(x))
     assert list(bn.state_dict()) == ["weight", "bias", "running_mean", "running_var"]
     assert bn(torch.zeros(0, 3, 4, 5)).shape == (0, 3, 4, 5)
     assert FrozenBatchNorm2d(3)(x).allclose(x, atol=1e-6)
@@ -250,7 +263,8 @@ def test_frozen_bn_loads_old_versions_and_bn_checkpoints():
     torch.testing.assert_close(bn.running_var, torch.ones(2) - 1e-5)
     torch.testing.assert_close(bn.running_mean, torch.zeros(2))
     # Version 2 stored running_var without eps.
-    sd2 = type("SD", (dict,), {})({**sd, "running_mean": torch.zeros(2), "running_var": torch.full((2,), 4.0)})
+    stats = {"running_mean": torch.zeros(2), "running_var": torch.full((2,), 4.0)}
+    sd2 = type("SD", (dict,), {})({**sd, **stats})
     sd2._metadata = {"": {"version": 2}}
     bn.load_state_dict(sd2)
     torch.testing.assert_close(bn.running_var, torch.full((2,), 4.0 - 1e-5))
@@ -297,7 +311,8 @@ def test_naive_sync_bn_single_process_is_batchnorm():
 
 def test_conv2d_wrapper_children():
     conv = Conv2d(3, 4, 3, padding=1, bias=False, norm=FrozenBatchNorm2d(4), activation=F.relu)
-    assert list(conv.state_dict()) == ["weight", "norm.weight", "norm.bias", "norm.running_mean", "norm.running_var"]
+    norm_keys = ["norm.weight", "norm.bias", "norm.running_mean", "norm.running_var"]
+    assert list(conv.state_dict()) == ["weight"] + norm_keys
     x = torch.randn(1, 3, 6, 6)
     torch.testing.assert_close(conv(x), F.relu(F.conv2d(x, conv.weight, padding=1)))
 
@@ -329,8 +344,10 @@ def test_naive_sync_bn_two_processes_equals_batchnorm_on_the_whole_batch(tmp_pat
     xr = x.clone().requires_grad_()
     out = bn(xr)
     (out * w).sum().backward()
-    torch.testing.assert_close(torch.cat([results[0][0], results[1][0]]), out.detach(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(torch.cat([results[0][1], results[1][1]]), xr.grad, atol=1e-5, rtol=1e-5)
+    tol = dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([results[0][0], results[1][0]]), out.detach(), **tol)
+    torch.testing.assert_close(torch.cat([results[0][1], results[1][1]]), xr.grad, **tol)
     torch.testing.assert_close(results[0][2], bn.running_mean)
     # detectron2 keeps the biased batch variance in running_var; torch's BN the unbiased one.
-    torch.testing.assert_close(results[1][3], 0.9 + 0.1 * x.var(dim=(0, 2, 3), unbiased=False), atol=1e-5, rtol=1e-5)
+    biased_var = x.var(dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(results[1][3], 0.9 + 0.1 * biased_var, **tol)

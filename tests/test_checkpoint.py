@@ -140,9 +140,13 @@ def caffe2_names_for(our_key: str) -> str | None:
     parts = key.split(".")
     bn = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
     if parts[0] == "stem":
-        return "conv1_w" if parts[-1] == "weight" and len(parts) == 3 else f"res_conv1_bn_{bn[parts[-1]]}"
+        is_conv = parts[-1] == "weight" and len(parts) == 3
+        return "conv1_w" if is_conv else f"res_conv1_bn_{bn[parts[-1]]}"
     stage, block, module = parts[0][3], parts[1], parts[2]
-    branch = {"shortcut": "branch1", "conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c"}[module]
+    branches = {
+        "shortcut": "branch1", "conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c"
+    }
+    branch = branches[module]
     base = f"res{stage}_{block}_{branch}"
     return base + "_w" if len(parts) == 4 else f"{base}_bn_{bn[parts[-1]]}"
 
@@ -211,7 +215,8 @@ def test_caffe2_pickle_refuses_torchvision_conventions(tmp_path):
 
 def test_unknown_caffe2_blob_is_an_error(tmp_path):
     with open(tmp_path / "odd.pkl", "wb") as f:
-        pickle.dump({"conv1_w": np.zeros((8, 3, 7, 7), np.float32), "res2_0_branch2d_w": np.zeros(1)}, f)
+        blobs = {"conv1_w": np.zeros((8, 3, 7, 7), np.float32), "res2_0_branch2d_w": np.zeros(1)}
+        pickle.dump(blobs, f)
     with pytest.raises(CheckpointFileError, match="res2_0_branch2d_w"):
         Checkpointer(TinyCondInst(tiny_cfg())).load(str(tmp_path / "odd.pkl"))
 
@@ -241,7 +246,9 @@ def torchvision_key_for(our_key: str) -> str:
         return "conv1.weight" if len(parts) == 3 else f"bn1.{parts[-1]}"
     layer = f"layer{int(parts[0][3]) - 1}.{parts[1]}"
     if parts[2] == "shortcut":
-        return f"{layer}.downsample.0.weight" if len(parts) == 4 else f"{layer}.downsample.1.{parts[-1]}"
+        if len(parts) == 4:
+            return f"{layer}.downsample.0.weight"
+        return f"{layer}.downsample.1.{parts[-1]}"
     if len(parts) == 4:
         return f"{layer}.{parts[2]}.weight"
     return f"{layer}.bn{parts[2][4]}.{parts[-1]}"
@@ -264,22 +271,28 @@ def test_torchvision_resnet_loads_identical_tensors(tmp_path, depth):
         if k.startswith("backbone.bottom_up.") and not k.endswith("num_batches_tracked"):
             sd[torchvision_key_for(k)] = v
             if k.endswith("running_var"):
-                sd[torchvision_key_for(k).replace("running_var", "num_batches_tracked")] = torch.tensor(5)
+                counter = torchvision_key_for(k).replace("running_var", "num_batches_tracked")
+                sd[counter] = torch.tensor(5)
     sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, 64), torch.zeros(1000)
     torch.save(sd, tmp_path / f"resnet{depth}.pth")
     dst = TinyCondInst(cfg)
     checkpointer = Checkpointer(dst, cfg=cfg)
     checkpointer.load(str(tmp_path / f"resnet{depth}.pth"))
     # FREEZE_AT 2 turned stem/res2 BNs into FrozenBN, which has no num_batches_tracked.
-    assert_same_tensors(src.backbone.bottom_up, dst.backbone.bottom_up, skip=("num_batches_tracked",))
+    skip = ("num_batches_tracked",)
+    assert_same_tensors(src.backbone.bottom_up, dst.backbone.bottom_up, skip=skip)
     assert set(checkpointer.last_report.skipped) == {"fc.weight", "fc.bias"}
     assert checkpointer.last_report.unexpected == []
 
 
 def test_torchvision_names():
-    assert torchvision_resnet_name("layer4.2.bn3.running_var") == "backbone.bottom_up.res5.2.conv3.norm.running_var"
-    assert torchvision_resnet_name("layer1.0.downsample.1.bias") == "backbone.bottom_up.res2.0.shortcut.norm.bias"
-    assert torchvision_resnet_name("bn1.num_batches_tracked") == "backbone.bottom_up.stem.conv1.norm.num_batches_tracked"
+    cases = {
+        "layer4.2.bn3.running_var": "res5.2.conv3.norm.running_var",
+        "layer1.0.downsample.1.bias": "res2.0.shortcut.norm.bias",
+        "bn1.num_batches_tracked": "stem.conv1.norm.num_batches_tracked",
+    }
+    for tv, ours in cases.items():
+        assert torchvision_resnet_name(tv) == "backbone.bottom_up." + ours
     assert torchvision_resnet_name("fc.weight") is None
     with pytest.raises(KeyError):
         torchvision_resnet_name("layer5.0.conv1.weight")
@@ -287,7 +300,8 @@ def test_torchvision_names():
 
 def test_torchvision_weights_refuse_msra_settings(tmp_path):
     cfg = torchvision_cfg(50)
-    torch.save({"conv1.weight": torch.zeros(8, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(4, 8, 1, 1)}, tmp_path / "tv.pth")
+    sd = {"conv1.weight": torch.zeros(8, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(4, 8, 1, 1)}
+    torch.save(sd, tmp_path / "tv.pth")
     msra = tiny_cfg(50)
     with pytest.raises(ValueError) as e:
         Checkpointer(TinyCondInst(cfg), cfg=msra).load(str(tmp_path / "tv.pth"))
@@ -351,7 +365,8 @@ def test_save_resume_and_atomicity(tmp_path):
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
 
     fresh = TinyCondInst(cfg)
-    fresh_opt = torch.optim.SGD([p for p in fresh.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    trainable = [p for p in fresh.parameters() if p.requires_grad]
+    fresh_opt = torch.optim.SGD(trainable, lr=0.1, momentum=0.9)
     extras = Checkpointer(fresh, str(tmp_path), optimizer=fresh_opt).resume_or_load("", resume=True)
     assert extras == {"iteration": 9}
     assert_same_tensors(model, fresh)

@@ -48,7 +48,8 @@ class LoadReport:
             (k, f"shape mismatch: checkpoint {c} vs model {m}")
             for k, (c, m) in self.mismatched.items()
         ]
-        rows += [(k, "missing from the checkpoint") for k in _collapse(self.missing, self.model_keys, self.expected_missing)]
+        missing = _collapse(self.missing, self.model_keys, self.expected_missing)
+        rows += [(k, "missing from the checkpoint") for k in missing]
         rows += [(k, "missing (harmless: counter)") for k in _group(self.expected_missing)]
         rows += [(k, "unexpected: not in the model") for k in _group(self.unexpected)]
         rows += [(k, f"skipped: {why}") for k, why in _group_reasons(self.skipped).items()]

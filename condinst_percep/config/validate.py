@@ -191,6 +191,14 @@ def backbone_output_names(cfg: CfgNode) -> list[str]:
     return names + [f"p{last + i + 1}" for i in range(cfg.MODEL.FCOS.TOP_LEVELS)]
 
 
+_FCOS_TOPK_KEYS = (
+    "PRE_NMS_TOPK_TRAIN",
+    "PRE_NMS_TOPK_TEST",
+    "POST_NMS_TOPK_TRAIN",
+    "POST_NMS_TOPK_TEST",
+)
+
+
 def _check_heads(cfg: CfgNode, bad) -> None:
     f, ci = cfg.MODEL.FCOS, cfg.MODEL.CONDINST
     outputs = backbone_output_names(cfg)
@@ -202,7 +210,7 @@ def _check_heads(cfg: CfgNode, bad) -> None:
             bad(key, f"must be a non-empty subset of the backbone outputs {outputs}")
     expected_strides = [2 ** int(x[1:]) for x in f.IN_FEATURES if x[1:].isdigit()]
     if list(f.FPN_STRIDES) != expected_strides:
-        bad("MODEL.FCOS.FPN_STRIDES", f"must be the strides of FCOS.IN_FEATURES: {expected_strides}")
+        bad("MODEL.FCOS.FPN_STRIDES", f"must be FCOS.IN_FEATURES' strides {expected_strides}")
     soi = list(f.SIZES_OF_INTEREST)
     if len(soi) != len(f.IN_FEATURES) - 1 or soi != sorted(set(soi)) or (soi and soi[0] <= 0):
         bad(
@@ -216,7 +224,7 @@ def _check_heads(cfg: CfgNode, bad) -> None:
     for key in ("INFERENCE_TH_TRAIN", "INFERENCE_TH_TEST", "NMS_TH", "LOSS_ALPHA"):
         if not 0.0 <= f[key] <= 1.0:
             bad(f"MODEL.FCOS.{key}", "must lie in [0, 1]")
-    for key in ("PRE_NMS_TOPK_TRAIN", "PRE_NMS_TOPK_TEST", "POST_NMS_TOPK_TRAIN", "POST_NMS_TOPK_TEST"):
+    for key in _FCOS_TOPK_KEYS:
         if f[key] < 1:
             bad(f"MODEL.FCOS.{key}", "must be a positive integer")
     for key in ("NUM_CLS_CONVS", "NUM_BOX_CONVS", "NUM_SHARE_CONVS"):

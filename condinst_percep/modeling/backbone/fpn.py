@@ -126,7 +126,8 @@ class FPN(nn.Module):
         self.size_divisibility = strides[-1]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() == 4 and (x.shape[-2] % self.size_divisibility or x.shape[-1] % self.size_divisibility):
+        d = self.size_divisibility
+        if x.dim() == 4 and (x.shape[-2] % d or x.shape[-1] % d):
             raise ValueError(
                 f"FPN input size {tuple(x.shape[-2:])} must be padded to multiples of "
                 f"{self.size_divisibility}"
