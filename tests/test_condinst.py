@@ -352,3 +352,33 @@ def test_inference_with_no_detections(small_model):
     first = out[0]["instances"]
     assert len(first) == 0 and first.pred_masks.shape == (0, 32, 40) and first.pred_masks.dtype == torch.bool
     assert out[1]["instances"].pred_masks.shape == (0, 50, 50)
+
+
+def test_teacher_path_reproduces_the_students_own_mask_logits():
+    """A teacher with the student's weights must give the student's logits for its instances."""
+    seen = {}
+
+    @MASK_HEAD_REGISTRY.register()
+    class _RecordingHead(DynamicMaskHead):
+        def losses(self, mask_logits, instances, gt_instances):
+            seen["logits"], seen["instances"] = mask_logits.detach(), instances
+            return super().losses(mask_logits, instances, gt_instances)
+
+    cfg = _small_cfg(**{"MODEL.CONDINST.MAX_PROPOSALS": 7})
+    cfg.MODEL.CONDINST.MASK_HEAD.NAME = "_RecordingHead"
+    student = build_model(cfg).train()
+    for module in student.modules():  # BN on running stats, as in the teacher (eval mode)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    batch = [_record(100, 120, 0), _record(90, 130, 1)]
+    with torch.no_grad():
+        student(batch)
+        teacher = build_model(_small_cfg()).eval()
+        teacher.load_state_dict(student.state_dict())
+        logits = teacher.mask_logits_at(batch, seen["instances"])
+    assert len(seen["instances"]) == 7
+    torch.testing.assert_close(logits, seen["logits"])
+    shifted = seen["instances"][:]
+    shifted.locations = shifted.locations + 8
+    with pytest.raises(ValueError, match="locations"):
+        teacher.mask_logits_at(batch, shifted)

@@ -170,6 +170,49 @@ class CondInst(nn.Module):
         ``pos_inds`` (same padded batch, same strides)."""
         return self.proposal_generator.flat_top_feats(features, self.controller)
 
+    def mask_logits_at(self, batched_inputs: list[dict], instances: Instances) -> torch.Tensor:
+        """This model's mask logits for instances found by another CondInst (the student) on the
+        same inputs: the teacher path of the perceptual loss.
+
+        Runs this model's own preprocessing, backbone and mask branch, takes its own controller
+        output at each instance's ``pos_inds`` (same image, FPN level and location) and runs its
+        own dynamic mask head with the instances' ``locations``, ``im_inds`` and ``fpn_levels``.
+        Gradients and train/eval mode are the caller's business (a teacher: ``eval()`` and
+        ``torch.no_grad()``).
+
+        Args:
+            batched_inputs: the inputs the student saw.
+            instances: the student's sampled positives (``pos_inds``, ``locations``,
+                ``im_inds``, ``fpn_levels``).
+
+        Returns:
+            (n, 1, Hp/4, Wp/4) logits on the same padded canvas as the student's.
+
+        Raises ValueError if this model's location grid differs from the student's (another
+        ``size_divisibility`` or other FPN strides), since ``pos_inds`` would then point
+        elsewhere.
+        """
+        images, _ = self.preprocess_image(batched_inputs)
+        features = self.backbone(images)
+        levels = [features[f] for f in self.proposal_generator.in_features]
+        grid = torch.cat([loc.repeat(len(images), 1) for loc in self.proposal_generator.compute_locations(levels)])
+        if len(instances) and (
+            int(instances.pos_inds.max()) >= len(grid)
+            or not torch.equal(grid[instances.pos_inds], instances.locations.to(grid.dtype))
+        ):
+            raise ValueError(
+                "mask_logits_at: this model's FCOS locations differ from the student's at "
+                "pos_inds (different size_divisibility, FCOS.FPN_STRIDES or inputs)"
+            )
+        query = Instances(
+            (0, 0),
+            locations=instances.locations,
+            im_inds=instances.im_inds,
+            fpn_levels=instances.fpn_levels,
+            mask_head_params=self.controller_outputs(features)[instances.pos_inds],
+        )
+        return self.mask_head.mask_logits(self.mask_branch(features), self.mask_branch.out_stride, query)
+
     def sample_instances(self, instances: Instances, gt_instances: list[Instances]) -> Instances:
         """The positive locations the mask loss sees: all of them, or MAX_PROPOSALS drawn at
         random (``torch.randperm`` on the device, as AdelaiDet), or per GT the
