@@ -247,3 +247,15 @@ def test_two_process_gather_and_sharding(tmp_path):
     assert got[0][2]["segm"]["AP"] == pytest.approx(100.0)
     with open(os.path.join(folder, "out", "coco_instances_results.json")) as f:
         assert {r["image_id"] for r in json.load(f)} == {1, 2, 3, 4, 5}
+
+
+def test_results_are_saved_before_scoring(dataset, tmp_path):
+    name, _ = dataset
+    records = DatasetCatalog.get(name)
+    evaluator = COCOEvaluator(name, output_dir=str(tmp_path / "out"), distributed=False)
+    evaluator.process([{"image_id": 999}], _gt_outputs(records[:1]))
+    with pytest.raises(ValueError, match=r"image ids not in the dataset: \[999\]"):
+        evaluator.evaluate()
+    with open(tmp_path / "out" / "coco_instances_results.json") as f:
+        saved = json.load(f)
+    assert saved and {r["image_id"] for r in saved} == {999}

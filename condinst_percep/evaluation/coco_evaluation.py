@@ -9,7 +9,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
@@ -19,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
+from condinst_percep.checkpoint import atomic_write
 from condinst_percep.data.catalog import DatasetCatalog, MetadataCatalog
 from condinst_percep.data.coco import category_id_map, load_coco_api
 from condinst_percep.structures import Instances
@@ -140,22 +140,6 @@ def per_category_table(results: dict, n_cols: int = 6) -> str:
     return tabulate(rows, tablefmt="pipe", floatfmt=".3f", headers=headers, numalign="left")
 
 
-def _write_json_atomically(path: str, obj) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 class COCOEvaluator(DatasetEvaluator):
     """Box and mask AP of a COCO-format dataset (its metadata must hold ``json_file``).
 
@@ -227,7 +211,8 @@ class COCOEvaluator(DatasetEvaluator):
         coco_results = list(itertools.chain(*[p["instances"] for p in predictions]))
         if self._output_dir:
             path = os.path.join(self._output_dir, RESULTS_FILE)
-            _write_json_atomically(path, coco_results)
+            os.makedirs(self._output_dir, exist_ok=True)
+            atomic_write(path, lambda f: json.dump(coco_results, f), mode="w")
             logger.info(f"Saved {len(coco_results)} results to {path}")
         results = OrderedDict()
         for task in self._tasks:
