@@ -40,17 +40,35 @@ class CNNBlockBase(nn.Module):
         return self
 
 
-def _shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> Conv2d | None:
-    if in_channels == out_channels:
-        return None
-    return Conv2d(
+def conv_norm(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    norm: str,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+) -> Conv2d:
+    """A bias-free conv with "same" padding and a ``norm`` child, MSRA-initialised."""
+    conv = Conv2d(
         in_channels,
         out_channels,
-        kernel_size=1,
+        kernel_size=kernel_size,
         stride=stride,
+        padding=dilation * (kernel_size // 2),
+        dilation=dilation,
+        groups=groups,
         bias=False,
         norm=get_norm(norm, out_channels),
     )
+    c2_msra_fill(conv)
+    return conv
+
+
+def _shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> Conv2d | None:
+    if in_channels == out_channels:
+        return None
+    return conv_norm(in_channels, out_channels, 1, norm, stride=stride)
 
 
 class BasicBlock(CNNBlockBase):
@@ -59,27 +77,8 @@ class BasicBlock(CNNBlockBase):
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: str = "BN"):
         super().__init__(in_channels, out_channels, stride)
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
-        self.conv1 = Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size=3,
-            stride=stride,
-            padding=1,
-            bias=False,
-            norm=get_norm(norm, out_channels),
-        )
-        self.conv2 = Conv2d(
-            out_channels,
-            out_channels,
-            kernel_size=3,
-            stride=1,
-            padding=1,
-            bias=False,
-            norm=get_norm(norm, out_channels),
-        )
-        for layer in (self.shortcut, self.conv1, self.conv2):
-            if layer is not None:
-                c2_msra_fill(layer)
+        self.conv1 = conv_norm(in_channels, out_channels, 3, norm, stride=stride)
+        self.conv2 = conv_norm(out_channels, out_channels, 3, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
@@ -107,35 +106,17 @@ class BottleneckBlock(CNNBlockBase):
         super().__init__(in_channels, out_channels, stride)
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = Conv2d(
-            in_channels,
-            bottleneck_channels,
-            kernel_size=1,
-            stride=stride_1x1,
-            bias=False,
-            norm=get_norm(norm, bottleneck_channels),
-        )
-        self.conv2 = Conv2d(
+        self.conv1 = conv_norm(in_channels, bottleneck_channels, 1, norm, stride=stride_1x1)
+        self.conv2 = conv_norm(
             bottleneck_channels,
             bottleneck_channels,
-            kernel_size=3,
+            3,
+            norm,
             stride=stride_3x3,
-            padding=dilation,
-            bias=False,
-            groups=num_groups,
             dilation=dilation,
-            norm=get_norm(norm, bottleneck_channels),
+            groups=num_groups,
         )
-        self.conv3 = Conv2d(
-            bottleneck_channels,
-            out_channels,
-            kernel_size=1,
-            bias=False,
-            norm=get_norm(norm, out_channels),
-        )
-        for layer in (self.shortcut, self.conv1, self.conv2, self.conv3):
-            if layer is not None:
-                c2_msra_fill(layer)
+        self.conv3 = conv_norm(bottleneck_channels, out_channels, 1, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
@@ -150,16 +131,7 @@ class BasicStem(CNNBlockBase):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 64, norm: str = "BN"):
         super().__init__(in_channels, out_channels, 4)
-        self.conv1 = Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size=7,
-            stride=2,
-            padding=3,
-            bias=False,
-            norm=get_norm(norm, out_channels),
-        )
-        c2_msra_fill(self.conv1)
+        self.conv1 = conv_norm(in_channels, out_channels, 7, norm, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu_(self.conv1(x))
