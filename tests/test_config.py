@@ -230,3 +230,20 @@ def test_tiny_from_scratch_model_is_accepted():
     assert refused_keys(cfg) == ["MODEL.FCOS.NORM"]  # GN's 32 groups
     cfg.MODEL.FCOS.NORM = "none"
     validate_cfg(cfg)
+
+
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("MS_R_50_3x_sem.yaml", "MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON"),
+        ("MS_R_50_BiFPN_1x.yaml", "MODEL.BACKBONE.NAME"),
+        ("BoxInst_MS_R_50_1x.yaml", "MODEL.BOXINST.ENABLED"),
+    ],
+)
+def test_build_model_refuses_adelaidet_features_by_name(name, key):
+    from condinst_percep.modeling import build_model
+
+    cfg = load(ADELAIDET / name)
+    cfg.MODEL.DEVICE = "cpu"
+    with pytest.raises(UnsupportedConfigError, match=key):
+        build_model(cfg)
