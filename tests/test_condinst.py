@@ -382,3 +382,16 @@ def test_teacher_path_reproduces_the_students_own_mask_logits():
     shifted.locations = shifted.locations + 8
     with pytest.raises(ValueError, match="locations"):
         teacher.mask_logits_at(batch, shifted)
+
+
+def test_inference_under_bf16_autocast(small_model):
+    model = small_model.eval()
+    model.proposal_generator.fcos_outputs.pre_nms_thresh_test = 0.0
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model([{"image": _record(64, 80)["image"], "height": 128, "width": 100}])[0]["instances"]
+    finally:
+        model.proposal_generator.fcos_outputs.pre_nms_thresh_test = 0.05
+    assert len(out) > 0 and out.pred_masks.shape == (len(out), 128, 100)
+    assert out.pred_masks.dtype == torch.bool and out.scores.dtype == torch.float32
+    assert out.pred_boxes.dtype == torch.float32 and torch.isfinite(out.pred_boxes).all()
