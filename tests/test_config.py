@@ -247,3 +247,35 @@ def test_build_model_refuses_adelaidet_features_by_name(name, key):
     cfg.MODEL.DEVICE = "cpu"
     with pytest.raises(UnsupportedConfigError, match=key):
         build_model(cfg)
+
+
+def _validate_nnsyncbn_worker(rank: int, init_file: str, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        cfg = get_cfg()
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.CONDINST.MASK_BRANCH.NORM = "nnSyncBN"
+        try:
+            validate_cfg(cfg)
+            results[rank] = []
+        except UnsupportedConfigError as e:
+            results[rank] = [p.split(" = ")[0] for p in e.problems]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_torch_syncbn_refused_on_cpu_across_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    cfg = get_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.CONDINST.MASK_BRANCH.NORM = "nnSyncBN"
+    validate_cfg(cfg)  # one process: torch's SyncBatchNorm is plain BatchNorm
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_validate_nnsyncbn_worker, args=(str(tmp_path / "init"), results), nprocs=2)
+        results = dict(results)
+    assert results == {r: ["MODEL.CONDINST.MASK_BRANCH.NORM"] for r in (0, 1)}

@@ -11,6 +11,8 @@ from typing import Any
 
 from fvcore.common.config import CfgNode
 
+from ..utils import comm
+
 # Options that switch between implementations: the values this package implements. A value not
 # listed is refused. Owners of the modules reading a key extend its row when they add an option.
 SUPPORTED_CHOICES: dict[str, tuple[Any, ...]] = {
@@ -66,6 +68,12 @@ _NOT_IMPLEMENTED: dict[str, str] = {
 }
 
 # Keys kept only so AdelaiDet YAMLs load; nothing reads them, so a non-default value is refused.
+_NORM_KEYS = (
+    "MODEL.RESNETS.NORM",
+    "MODEL.FPN.NORM",
+    "MODEL.CONDINST.MASK_BRANCH.NORM",
+)
+
 _COMPAT_ONLY_PREFIXES = ("MODEL.BOXINST.", "MODEL.BiFPN.", "MODEL.TOP_MODULE.")
 
 _WHY_CHOICE = {
@@ -276,6 +284,10 @@ def _check_input(cfg: CfgNode, bad) -> None:
             bad(f"INPUT.{key}", "must be positive")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", m.DEVICE):
         bad("MODEL.DEVICE", "must be 'cpu', 'cuda' or 'cuda:N'")
+    if m.DEVICE == "cpu" and comm.get_world_size() > 1:
+        for key in _NORM_KEYS:
+            if _get(cfg, key) == "nnSyncBN":
+                bad(key, "torch's SyncBatchNorm needs CUDA across processes; use 'SyncBN'")
     if cfg.DATALOADER.NUM_WORKERS < 0:
         bad("DATALOADER.NUM_WORKERS", "must be >= 0")
 
