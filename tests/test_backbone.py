@@ -351,3 +351,15 @@ def test_naive_sync_bn_two_processes_equals_batchnorm_on_the_whole_batch(tmp_pat
     # detectron2 keeps the biased batch variance in running_var; torch's BN the unbiased one.
     biased_var = x.var(dim=(0, 2, 3), unbiased=False)
     torch.testing.assert_close(results[1][3], 0.9 + 0.1 * biased_var, **tol)
+
+
+def test_group_norm_resnet():
+    cfg = tiny_cfg(18, NORM="GN", STEM_OUT_CHANNELS=32, RES2_OUT_CHANNELS=32)
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    backbone = build_backbone(cfg)
+    norms = [m.norm for m in backbone.bottom_up.modules() if isinstance(m, Conv2d)]
+    assert norms and all(isinstance(n, nn.GroupNorm) and n.num_groups == 32 for n in norms)
+    out = backbone(torch.randn(2, 3, 64, 64))
+    assert out["p3"].shape == (2, 16, 8, 8)
+    out["p7"].sum().backward()
+    assert backbone.bottom_up.stem.conv1.norm.weight.grad is not None
