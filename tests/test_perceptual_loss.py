@@ -242,6 +242,21 @@ def test_bf16_autocast_on_cpu(chunk_size):
     assert F.cosine_similarity(g.flatten(), ref_g.flatten(), dim=0) > 0.95
 
 
+def test_fp16_autocast_chunked_gradient_does_not_underflow():
+    # Inputs scaled by 1e-3 make the network's activation gradients ~1e-7, below fp16's
+    # smallest normal number: the chunked path's inner backward must be scaled like a
+    # GradScaler would scale it (without it, the cosine here drops to ~0.95).
+    net = _net()
+    pred = 1e-3 * _soft_masks(4, (32, 32), seed=15)
+    target = 1e-3 * _soft_masks(4, (32, 32), seed=16)
+    ref_v, ref_g = _value_and_grad(PerceptualLoss(net), pred, target, "mean")
+    with torch.autocast("cpu", dtype=torch.float16):
+        v, g = _value_and_grad(PerceptualLoss(net, chunk_size=2), pred, target, "mean")
+    assert v.dtype == torch.float32 and torch.isfinite(g).all()
+    assert (v - ref_v).abs() < 0.01 * ref_v
+    assert F.cosine_similarity(g.flatten(), ref_g.flatten(), dim=0) > 0.998
+
+
 def test_low_precision_input_without_autocast_runs_in_the_network_dtype():
     net = _net()
     loss = PerceptualLoss(net)

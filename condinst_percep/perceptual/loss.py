@@ -16,11 +16,14 @@ class _InjectGrad(torch.autograd.Function):
 
     ``values[i]`` depends on ``pred[i]`` alone, so the vector-Jacobian product for an upstream
     gradient ``u`` is ``u[i] * grads[i]``: the same as back-propagating through the network.
+    ``grads`` are kept in at least float32 so that a GradScaler's factor in ``u`` is applied
+    before rounding to ``pred``'s dtype.
     """
 
     @staticmethod
     def forward(ctx, pred: torch.Tensor, values: torch.Tensor, grads: torch.Tensor):
         ctx.save_for_backward(grads)
+        ctx.pred_dtype = pred.dtype
         return values.clone()
 
     @staticmethod
@@ -28,7 +31,7 @@ class _InjectGrad(torch.autograd.Function):
     def backward(ctx, grad_values: torch.Tensor):
         (grads,) = ctx.saved_tensors
         scale = grad_values.reshape((-1,) + (1,) * (grads.dim() - 1))
-        return (scale * grads).to(grads.dtype), None, None
+        return (scale * grads).to(ctx.pred_dtype), None, None
 
 
 class PerceptualLoss(nn.Module):
@@ -137,9 +140,8 @@ class PerceptualLoss(nn.Module):
                 leaf = pred[start:end].detach().requires_grad_(True)
                 with torch.enable_grad():
                     v = self._distance(leaf, feats)
-                (g,) = torch.autograd.grad(v.sum(), leaf)
                 values.append(v.detach())
-                grads.append(g)
+                grads.append(_input_grad(v, leaf))
             else:
                 values.append(self._distance(pred[start:end], feats))
         per_instance = torch.cat(values)
@@ -217,6 +219,30 @@ class PerceptualLoss(nn.Module):
         for name, ok in zip(("pred", "target"), finite):
             if not ok:
                 raise ValueError(f"{name} holds non-finite values (NaN or inf)")
+
+
+def _input_grad(values: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """∂(Σ values)/∂leaf in at least float32 (each value depends on its own instance only).
+
+    Under fp16 autocast the backward through the network is scaled like a GradScaler would
+    scale it (the trainer's scaler cannot reach this inner backward), so small activation
+    gradients do not underflow; a scale that overflows is halved in steps of 2^8.
+    """
+    acc = torch.promote_types(leaf.dtype, torch.float32)
+    device = leaf.device.type
+    fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+    if not fp16:
+        (grad,) = torch.autograd.grad(values.sum(), leaf)
+        return grad.to(acc)
+    for scale in (2.0**16, 2.0**8, 1.0):
+        (grad,) = torch.autograd.grad(values.sum() * scale, leaf, retain_graph=scale > 1)
+        grad = grad.to(acc) / scale
+        if bool(torch.isfinite(grad).all()):
+            return grad
+    raise FloatingPointError(
+        "the perceptual loss's input gradient is not finite under fp16 autocast even without "
+        "scaling; use bf16 autocast"
+    )
 
 
 def _is_number(x) -> bool:
