@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,6 @@ from condinst_percep.layers import aligned_bilinear
 from condinst_percep.modeling import build_model
 from condinst_percep.modeling.condinst import (
     MASK_HEAD_REGISTRY,
-    CondInst,
     DynamicMaskHead,
     build_mask_head,
     condinst as condinst_module,
@@ -21,7 +21,7 @@ NUM_CLASSES = 3
 
 def _read_reference():
     rows = []
-    with open("tests/data/condinst_r50_state_dict.tsv") as f:
+    with open(Path(__file__).parent / "data" / "condinst_r50_state_dict.tsv") as f:
         for line in f:
             if line.startswith("#"):
                 continue
@@ -169,6 +169,9 @@ def test_preprocess_and_add_bitmasks(small_model):
     full[:, :40, :33] = gts[1].gt_masks.float()
     assert torch.equal(gts[1].gt_bitmasks, full[:, 2::4, 2::4])
     assert gts[1].gt_bitmasks.shape == (2, 24, 32)
+    # centre sampling uses the masks' centres of mass (x, y)
+    expected = torch.stack([m.nonzero().double().mean(dim=0).flip(0) for m in gts[1].gt_masks])
+    torch.testing.assert_close(gts[1].gt_centroids.double(), expected, rtol=0, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- mask head
@@ -271,9 +274,8 @@ def test_max_proposals_samples_with_randperm(small_model):
 
 
 def test_topk_proposals_per_image_matches_adelaidet_loop():
-    model = CondInst.__new__(CondInst)
-    torch.nn.Module.__init__(model)
-    model.max_proposals, model.topk_proposals_per_im = -1, 4
+    model = build_model(_small_cfg(**{"MODEL.CONDINST.MAX_PROPOSALS": -1,
+                                      "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 4}))
     # image 0 has GTs 0, 1, 2 (2 has no positive); image 1 has GT 3
     gt_inds = [0, 0, 0, 1, 1, 1, 1, 0, 3, 3, 3, 3, 3, 3]
     im_inds = [0] * 8 + [1] * 6
