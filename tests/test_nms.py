@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from condinst_percep.layers import batched_nms, nms
+from condinst_percep.structures import pairwise_iou
 
 
 def _naive_iou(a, b):
@@ -85,3 +86,14 @@ def test_bf16_boxes_use_float32_iou():
     got = batched_nms(boxes.bfloat16(), scores, idxs, 0.5)
     ref = _naive_batched_nms(boxes.bfloat16().double().tolist(), scores.tolist(), idxs.tolist(), 0.5)
     assert got.tolist() == ref
+
+
+def test_threshold_is_compared_in_double_precision_like_torchvision():
+    # float32(0.6) = 0.6000000238 > 0.6: a float32 IoU equal to it must be suppressed at 0.6.
+    iou_f32 = torch.tensor(0.6, dtype=torch.float32).item()
+    assert iou_f32 > 0.6
+    # two boxes whose float32 IoU is exactly float32(0.6): inter 6, union 10
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 1.0], [2.0, 0.0, 10.0, 1.0]])
+    assert pairwise_iou(boxes[:1], boxes[1:]).item() == iou_f32
+    assert nms(boxes, torch.tensor([1.0, 0.5]), 0.6).tolist() == [0]
+    assert nms(boxes, torch.tensor([1.0, 0.5]), iou_f32).tolist() == [0, 1]

@@ -20,6 +20,8 @@ Memory is ``O(n^2)`` for ``n`` boxes (a few bytes per pair); CondInst calls it w
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..structures.boxes import pairwise_iou
@@ -65,12 +67,23 @@ def batched_nms(
     sorted_idxs = idxs[order]
     n = order.numel()
     # suppresses[i, j]: box i (higher in the order) would suppress box j if i is kept.
-    suppresses = (pairwise_iou(sorted_boxes, sorted_boxes) > iou_threshold) & (
+    threshold = _float32_below(iou_threshold).to(sorted_boxes.device)
+    suppresses = (pairwise_iou(sorted_boxes, sorted_boxes) > threshold) & (
         sorted_idxs[:, None] == sorted_idxs[None, :]
     )
     suppresses.triu_(diagonal=1)
     keep = _greedy_fixed_point(suppresses, n)
     return order[keep]
+
+
+def _float32_below(x: float) -> torch.Tensor:
+    """The largest float32 <= ``x``: for a float32 IoU ``v``, ``v > result`` exactly when
+    ``v > x`` in double precision, as torchvision's kernels compare. (``tensor > x`` would
+    round ``x`` to float32 first, which can round it up.)"""
+    t = torch.tensor(x, dtype=torch.float32)
+    if float(t) > x:
+        t = torch.nextafter(t, torch.tensor(-math.inf))
+    return t
 
 
 def _greedy_fixed_point(suppresses: torch.Tensor, n: int) -> torch.Tensor:
