@@ -1,5 +1,10 @@
 from .condinst import CondInst
-from .dynamic_mask_head import MASK_HEAD_REGISTRY, DynamicMaskHead, build_mask_head, parse_dynamic_params
+from .dynamic_mask_head import (
+    MASK_HEAD_REGISTRY,
+    DynamicMaskHead,
+    build_mask_head,
+    parse_dynamic_params,
+)
 from .mask_branch import MaskBranch
 
 __all__ = [

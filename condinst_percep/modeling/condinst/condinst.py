@@ -61,12 +61,9 @@ class CondInst(nn.Module):
         self.mask_head = mask_head
         self.mask_branch = mask_branch
         self.controller = controller
-        self.register_buffer(
-            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), persistent=False
-        )
+        for name, value in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+            tensor = torch.tensor(value, dtype=torch.float32).view(-1, 1, 1)
+            self.register_buffer(name, tensor, persistent=False)
         self.mask_out_stride = mask_out_stride
         self.max_proposals = max_proposals
         self.topk_proposals_per_im = topk_proposals_per_im
@@ -105,7 +102,9 @@ class CondInst(nn.Module):
         return self.pixel_mean.device
 
     # ------------------------------------------------------------------------------- inputs
-    def preprocess_image(self, batched_inputs: list[dict]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    def preprocess_image(
+        self, batched_inputs: list[dict]
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Normalises each image, ``(x - mean) / std`` in float32, then zero-pads them at the
         bottom/right into one (N, 3, Hp, Wp) batch, Hp and Wp the largest sizes rounded up to
         ``backbone.size_divisibility``. Returns the batch and the un-padded (h, w) sizes."""
@@ -144,13 +143,16 @@ class CondInst(nn.Module):
         images, image_sizes = self.preprocess_image(batched_inputs)
         features = self.backbone(images)
         if self.training:
+            num_classes = self.proposal_generator.fcos_outputs.num_classes
             gt_instances = [
-                check_gt_instances(i, x, self.proposal_generator.fcos_outputs.num_classes).to(self.device)
+                check_gt_instances(i, x, num_classes).to(self.device)
                 for i, x in enumerate(batched_inputs)
             ]
             self.add_bitmasks(gt_instances, images.shape[-2], images.shape[-1])
             mask_feats = self.mask_branch(features)
-            extras, losses = self.proposal_generator(image_sizes, features, gt_instances, self.controller)
+            extras, losses = self.proposal_generator(
+                image_sizes, features, gt_instances, self.controller
+            )
             pred_instances = self.sample_instances(extras["instances"], gt_instances)
             pred_instances.mask_head_params = pred_instances.top_feats
             losses.update(
@@ -162,7 +164,9 @@ class CondInst(nn.Module):
             return losses
         mask_feats = self.mask_branch(features)
         detections, _ = self.proposal_generator(image_sizes, features, None, self.controller)
-        return self.inference(detections, mask_feats, batched_inputs, image_sizes, images.shape[-2:])
+        return self.inference(
+            detections, mask_feats, batched_inputs, image_sizes, images.shape[-2:]
+        )
 
     def controller_outputs(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Controller outputs at every FCOS location, (P_all, num_gen_params), flattened
@@ -195,7 +199,9 @@ class CondInst(nn.Module):
         images, _ = self.preprocess_image(batched_inputs)
         features = self.backbone(images)
         levels = [features[f] for f in self.proposal_generator.in_features]
-        grid = torch.cat([loc.repeat(len(images), 1) for loc in self.proposal_generator.compute_locations(levels)])
+        grid = torch.cat(
+            [loc.repeat(len(images), 1) for loc in self.proposal_generator.compute_locations(levels)]
+        )
         if len(instances) and (
             int(instances.pos_inds.max()) >= len(grid)
             or not torch.equal(grid[instances.pos_inds], instances.locations.to(grid.dtype))
@@ -211,7 +217,8 @@ class CondInst(nn.Module):
             fpn_levels=instances.fpn_levels,
             mask_head_params=self.controller_outputs(features)[instances.pos_inds],
         )
-        return self.mask_head.mask_logits(self.mask_branch(features), self.mask_branch.out_stride, query)
+        mask_feats = self.mask_branch(features)
+        return self.mask_head.mask_logits(mask_feats, self.mask_branch.out_stride, query)
 
     def sample_instances(self, instances: Instances, gt_instances: list[Instances]) -> Instances:
         """The positive locations the mask loss sees: all of them, or MAX_PROPOSALS drawn at
@@ -263,8 +270,7 @@ class CondInst(nn.Module):
         padded = tuple(padded_size)
         merged = Instances.cat(
             [
-                Instances(padded, im_inds=torch.full((len(d),), i, dtype=torch.int64, device=mask_feats.device),
-                          **d.get_fields())
+                Instances(padded, im_inds=torch.full_like(d.pred_classes, i), **d.get_fields())
                 for i, d in enumerate(detections)
             ]
         )
@@ -304,7 +310,8 @@ class CondInst(nn.Module):
         probs = instances.pred_global_masks[keep]
         factor = padded_size[0] // probs.shape[-2]
         masks = torch.zeros((len(probs), height, width), dtype=torch.bool, device=probs.device)
-        chunk = max(1, _POSTPROCESS_CHUNK_ELEMENTS // max(padded_size[0] * padded_size[1], height * width))
+        pixels = max(padded_size[0] * padded_size[1], height * width)
+        chunk = max(1, _POSTPROCESS_CHUNK_ELEMENTS // pixels)
         for start in range(0, len(probs), chunk):
             m = aligned_bilinear(probs[start : start + chunk].float(), factor)[:, :, :h, :w]
             m = F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)

@@ -155,7 +155,9 @@ class DynamicMaskHead(nn.Module):
             rel = (rel / soi.reshape(-1, 1, 1)).to(dtype=mask_feats.dtype)
             inputs = torch.cat([rel, inputs], dim=1)
         x = inputs.reshape(1, -1, h, w)
-        weights, biases = parse_dynamic_params(params, self.channels, self.weight_nums, self.bias_nums)
+        weights, biases = parse_dynamic_params(
+            params, self.channels, self.weight_nums, self.bias_nums
+        )
         for layer, (weight, bias) in enumerate(zip(weights, biases)):
             x = F.conv2d(x, weight, bias=bias, stride=1, padding=0, groups=n)
             if layer < self.num_layers - 1:

@@ -43,9 +43,13 @@ def check_gt_instances(index: int, record: dict, num_classes: int) -> Instances:
     g = len(classes)
     h, w = record["image"].shape[-2:]
     if not boxes.is_floating_point() or boxes.shape != (g, 4):
-        raise ValueError(f"{where}.gt_boxes must be float ({g}, 4), got {boxes.dtype} {tuple(boxes.shape)}")
+        raise ValueError(
+            f"{where}.gt_boxes must be float ({g}, 4), got {boxes.dtype} {tuple(boxes.shape)}"
+        )
     if classes.dtype != torch.int64 or classes.dim() != 1:
-        raise ValueError(f"{where}.gt_classes must be int64 (G,), got {classes.dtype} {tuple(classes.shape)}")
+        raise ValueError(
+            f"{where}.gt_classes must be int64 (G,), got {classes.dtype} {tuple(classes.shape)}"
+        )
     if masks.dtype != torch.bool or masks.shape != (g, h, w):
         raise ValueError(
             f"{where}.gt_masks must be bool ({g}, {h}, {w}) at the image size, got "
@@ -57,7 +61,9 @@ def check_gt_instances(index: int, record: dict, num_classes: int) -> Instances:
         inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
         if bool(inverted.any()):
             bad = inverted.nonzero()[:, 0].tolist()
-            raise ValueError(f"{where}.gt_boxes has x2 < x1 or y2 < y1 at rows {bad}: {boxes[bad].tolist()}")
+            raise ValueError(
+                f"{where}.gt_boxes has x2 < x1 or y2 < y1 at rows {bad}: {boxes[bad].tolist()}"
+            )
         out_of_range = (classes < 0) | (classes >= num_classes)
         if bool(out_of_range.any()):
             bad = out_of_range.nonzero()[:, 0].tolist()

@@ -78,12 +78,12 @@ class MaskBranch(nn.Module):
         x = self.refine[0](features[self.in_features[0]])
         for refine, name in zip(self.refine[1:], self.in_features[1:]):
             x_p = refine(features[name])
-            factor_h, factor_w = x.shape[2] // x_p.shape[2], x.shape[3] // x_p.shape[3]
-            if factor_h != factor_w or x_p.shape[2] * factor_h != x.shape[2] or x_p.shape[3] * factor_w != x.shape[3]:
+            factor = x.shape[2] // x_p.shape[2]
+            if (x_p.shape[2] * factor, x_p.shape[3] * factor) != tuple(x.shape[2:]):
                 raise ValueError(
                     f"mask branch: feature '{name}' {tuple(x_p.shape[2:])} is not an integer, "
                     f"square downscaling of {tuple(x.shape[2:])}; pad images to the backbone's "
                     "size_divisibility"
                 )
-            x = x + aligned_bilinear(x_p, factor_h)
+            x = x + aligned_bilinear(x_p, factor)
         return self.tower(x)

@@ -63,13 +63,17 @@ class FCOS(nn.Module):
         locations = self.compute_locations(features)
         logits, reg, ctrness, top_feats = self.fcos_head(features, top_module)
         if self.training:
-            return self.fcos_outputs.losses(logits, reg, ctrness, locations, gt_instances, top_feats)
-        return (
-            self.fcos_outputs.predict_proposals(logits, reg, ctrness, locations, image_sizes, top_feats),
-            {},
+            return self.fcos_outputs.losses(
+                logits, reg, ctrness, locations, gt_instances, top_feats
+            )
+        detections = self.fcos_outputs.predict_proposals(
+            logits, reg, ctrness, locations, image_sizes, top_feats
         )
+        return detections, {}
 
-    def flat_top_feats(self, features: dict[str, torch.Tensor], top_module: nn.Module) -> torch.Tensor:
+    def flat_top_feats(
+        self, features: dict[str, torch.Tensor], top_module: nn.Module
+    ) -> torch.Tensor:
         """``top_module`` outputs at every location, (P_all, K), flattened level-major exactly
         like the training targets, so the student's ``pos_inds`` index them (teacher use)."""
         return flatten_predictions(

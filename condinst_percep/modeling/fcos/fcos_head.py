@@ -111,7 +111,9 @@ class FCOSHead(nn.Module):
             raise ValueError(f"FCOS needs equal channels on all levels, got {sorted(channels)}")
         f = cfg.MODEL.FCOS
         if f.USE_DEFORMABLE:
-            raise ValueError("MODEL.FCOS.USE_DEFORMABLE = True: deformable convs are not implemented")
+            raise ValueError(
+                "MODEL.FCOS.USE_DEFORMABLE = True: deformable convs are not implemented"
+            )
         return dict(
             in_channels=channels.pop(),
             num_levels=len(input_shape),

@@ -53,7 +53,9 @@ class FCOSOutputs(nn.Module):
     ):
         super().__init__()
         if box_quality not in BOX_QUALITIES:
-            raise ValueError(f"MODEL.FCOS.BOX_QUALITY must be one of {BOX_QUALITIES}, got {box_quality!r}")
+            raise ValueError(
+                f"MODEL.FCOS.BOX_QUALITY must be one of {BOX_QUALITIES}, got {box_quality!r}"
+            )
         if loss_normalizer_cls not in LOSS_NORMALIZERS:
             raise ValueError(
                 f"MODEL.FCOS.LOSS_NORMALIZER_CLS must be one of {LOSS_NORMALIZERS}, "
@@ -190,7 +192,8 @@ class FCOSOutputs(nn.Module):
                 ) / num_pos_avg
             else:
                 ious, _ = compute_ious(reg_pred, instances.reg_targets)
-                losses["loss_fcos_loc"] = self.loc_loss_func(reg_pred, instances.reg_targets) / num_pos_avg
+                reg_loss = self.loc_loss_func(reg_pred, instances.reg_targets)
+                losses["loss_fcos_loc"] = reg_loss / num_pos_avg
                 losses["loss_fcos_iou"] = F.binary_cross_entropy_with_logits(
                     ctrness_pred, ious.detach(), reduction="sum"
                 ) / num_pos_avg
@@ -223,7 +226,7 @@ class FCOSOutputs(nn.Module):
             for i, det in enumerate(
                 self._predict_level(loc, logits, reg * self.strides[level], ctr, image_sizes, top)
             ):
-                det.fpn_levels = torch.full((len(det),), level, dtype=torch.int64, device=loc.device)
+                det.fpn_levels = torch.full_like(det.pred_classes, level)
                 per_image[i].append(det)
         return [self._select_over_all_levels(Instances.cat(dets)) for dets in per_image]
 
@@ -257,10 +260,7 @@ class FCOSOutputs(nn.Module):
                 scores, top = scores.topk(self.pre_nms_topk_test, sorted=False)
                 loc_idx, classes = loc_idx[top], classes[top]
             loc, r = locations[loc_idx], reg[i, loc_idx]
-            boxes = torch.stack(
-                (loc[:, 0] - r[:, 0], loc[:, 1] - r[:, 1], loc[:, 0] + r[:, 2], loc[:, 1] + r[:, 3]),
-                dim=1,
-            )
+            boxes = torch.cat((loc - r[:, :2], loc + r[:, 2:]), dim=1)
             det = Instances(
                 image_sizes[i], pred_boxes=boxes, scores=torch.sqrt(scores),
                 pred_classes=classes, locations=loc,
