@@ -115,7 +115,7 @@ class CondInst(nn.Module):
             image = check_image(i, x, len(self.pixel_mean))
             images.append((image.to(self.device).float() - self.pixel_mean) / self.pixel_std)
         image_sizes = [tuple(im.shape[-2:]) for im in images]
-        div = getattr(self.backbone, "size_divisibility", 0) or 1
+        div = self.backbone.size_divisibility or 1  # 0: no rounding, as detectron2
         hp = -(-max(h for h, _ in image_sizes) // div) * div
         wp = -(-max(w for _, w in image_sizes) // div) * div
         batch = images[0].new_zeros((len(images), images[0].shape[0], hp, wp))
@@ -141,13 +141,14 @@ class CondInst(nn.Module):
     # ------------------------------------------------------------------------------ forward
     def forward(self, batched_inputs: list[dict]):
         images, image_sizes = self.preprocess_image(batched_inputs)
-        features = self.backbone(images)
         if self.training:
             num_classes = self.proposal_generator.fcos_outputs.num_classes
             gt_instances = [
                 check_gt_instances(i, x, num_classes).to(self.device)
                 for i, x in enumerate(batched_inputs)
             ]
+        features = self.backbone(images)
+        if self.training:
             self.add_bitmasks(gt_instances, images.shape[-2], images.shape[-1])
             mask_feats = self.mask_branch(features)
             extras, losses = self.proposal_generator(
