@@ -201,6 +201,12 @@ _C.DATALOADER.ASPECT_RATIO_GROUPING = True
 _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+# --- bad-data policy (owned by the data owner; see docs/reliability.md) ---
+# "error": a bad record or image stops the run with an error naming the file and annotation id.
+# "skip": the image holding it is left out (at load time) or replaced (at map time), counted and
+# logged. Defects with one obvious repair are fixed under both.
+_C.DATALOADER.BAD_DATA_POLICY = "error"
+# --- end bad-data policy ---
 
 # ---------------------------------------------------------------------------------------------
 # SOLVER

@@ -24,6 +24,7 @@ from .samplers import (
     TrainingSampler,
     shared_random_seed,
 )
+from .validation import BadDataError, BadDataReport, check_policy, collect_bad_data
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +33,33 @@ def _has_usable_annotation(record: dict) -> bool:
     return any(a.get("iscrowd", 0) == 0 for a in record.get("annotations", []))
 
 
-def get_detection_dataset_dicts(names: str | Sequence[str], filter_empty: bool = True) -> list[dict]:
-    """Concatenates the named datasets; with ``filter_empty`` drops images without a non-crowd
-    annotation (AdelaiDet's ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``)."""
+def get_detection_dataset_dicts(
+    names: str | Sequence[str],
+    filter_empty: bool = True,
+    bad_data_policy: str = "error",
+    allow_empty: bool = False,
+) -> list[dict]:
+    """Concatenates the named datasets, loaded under ``bad_data_policy`` (see
+    :mod:`condinst_percep.data.validation`), and logs one summary of what was skipped or fixed.
+
+    With ``filter_empty`` drops images without a non-crowd annotation (AdelaiDet's
+    ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``). An empty result raises unless ``allow_empty``
+    (inference over no image is allowed, training is not).
+    """
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise ValueError("No dataset given (DATASETS.TRAIN / DATASETS.TEST is empty)")
+    report = BadDataReport(bad_data_policy)
     dataset_dicts = []
-    for name in names:
-        dicts = DatasetCatalog.get(name)
-        if not dicts:
-            raise ValueError(f"Dataset '{name}' is empty")
-        dataset_dicts.extend(dicts)
+    with collect_bad_data(report):
+        for name in names:
+            dicts = DatasetCatalog.get(name)
+            if not dicts and not allow_empty:
+                raise ValueError(f"Dataset '{name}' is empty: training needs at least one image")
+            if not dicts:
+                logger.warning(f"Dataset '{name}' has no images")
+            dataset_dicts.extend(dicts)
+    report.log(logger, f"Bad-data summary of {names}")
     classes = {name: MetadataCatalog.get(name).get("thing_classes") for name in names}
     if len({tuple(c) for c in classes.values() if c is not None}) > 1:
         raise ValueError(f"Datasets {names} have different thing_classes: {classes}")
@@ -85,14 +101,33 @@ class MapDataset(Dataset):
     every access unpickles a fresh dict, so a mapper may modify its input. A key may be an index
     or ``(index, rng_key)``; with a key and a mapper that takes ``rng``, the mapper gets
     ``numpy.random.default_rng(rng_key)``.
+
+    A :class:`BadDataError` from the mapper (missing or corrupt image, size mismatch, bad
+    annotation) raises, naming the file, under ``bad_data_policy="error"``. Under ``"skip"`` it
+    is counted and logged, and with ``replace_bad`` the sample is replaced by the dataset index
+    drawn from ``default_rng([*rng_key, attempt])`` (``[index, attempt]`` without a key), which
+    also drives the replacement's augmentation: the stream stays a function of the keys, so a
+    resumed run sees the same samples. Without ``replace_bad`` (inference) the item is ``None``
+    and the collator leaves it out.
     """
 
-    def __init__(self, dataset_dicts: list[dict], mapper: Callable) -> None:
+    MAX_ATTEMPTS = 16
+
+    def __init__(
+        self,
+        dataset_dicts: list[dict],
+        mapper: Callable,
+        bad_data_policy: str = "error",
+        replace_bad: bool = True,
+    ) -> None:
         blobs = [np.frombuffer(pickle.dumps(d, protocol=-1), dtype=np.uint8) for d in dataset_dicts]
         self._addr = np.cumsum([len(b) for b in blobs])
         self._buffer = np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8)
         self._mapper = mapper
         self._mapper_takes_rng = "rng" in inspect.signature(mapper).parameters
+        self._policy = check_policy(bad_data_policy)
+        self._replace_bad = replace_bad
+        self.num_skipped = 0
 
     def __len__(self) -> int:
         return len(self._addr)
@@ -101,17 +136,45 @@ class MapDataset(Dataset):
         start = 0 if index == 0 else int(self._addr[index - 1])
         return pickle.loads(self._buffer[start : int(self._addr[index])].tobytes())
 
-    def __getitem__(self, key: int | tuple[int, tuple]) -> dict:
+    def __getitem__(self, key: int | tuple[int, tuple]) -> dict | None:
         index, rng_key = key if isinstance(key, tuple) else (key, None)
-        record = self.record(index)
-        if self._mapper_takes_rng:
-            rng = np.random.default_rng(list(rng_key)) if rng_key is not None else None
-            return self._mapper(record, rng=rng)
-        return self._mapper(record)
+        rng = np.random.default_rng(list(rng_key)) if rng_key is not None else None
+        for attempt in range(1, self.MAX_ATTEMPTS + 1):
+            record = self.record(index)
+            try:
+                return self._mapper(record, rng=rng) if self._mapper_takes_rng else self._mapper(record)
+            except BadDataError as e:
+                error = _naming_the_file(e, record)
+                if self._policy == "error":
+                    raise error from e
+                self.num_skipped += 1
+                if not self._replace_bad:
+                    logger.warning(f"Skipped: {error} ({self.num_skipped} skipped in this process)")
+                    return None
+                seed = [*(rng_key if rng_key is not None else (key,)), attempt]
+                replacement_rng = np.random.default_rng(seed)
+                index = int(replacement_rng.integers(len(self)))
+                rng = replacement_rng if rng_key is not None else None
+                logger.warning(
+                    f"Skipped: {error}; replaced by dataset index {index} "
+                    f"({self.num_skipped} skipped in this process)"
+                )
+        raise BadDataError(
+            f"{self.MAX_ATTEMPTS} bad samples in a row for key {key} (the last: {error}); "
+            "most of the dataset seems unreadable"
+        )
+
+
+def _naming_the_file(error: BadDataError, record: dict) -> BadDataError:
+    file_name = record.get("file_name")
+    if file_name is None or file_name in str(error):
+        return error
+    return type(error)(f"{file_name} (image id {record.get('image_id')}): {error}")
 
 
 def trivial_batch_collator(batch: list) -> list:
-    return batch
+    """The batch as a list, without the ``None`` of samples skipped as bad data."""
+    return [x for x in batch if x is not None]
 
 
 def worker_init_reset_seed(worker_id: int) -> None:
@@ -142,8 +205,9 @@ def build_detection_train_loader(cfg, mapper: Callable | None = None, start_iter
             f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of "
             f"processes ({world_size})"
         )
+    policy = check_policy(cfg.DATALOADER.BAD_DATA_POLICY)
     dataset_dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, policy
     )
     if mapper is None:
         mapper = DatasetMapper.build(cfg, is_train=True)
@@ -165,7 +229,7 @@ def build_detection_train_loader(cfg, mapper: Callable | None = None, start_iter
         f"process, seed {seed}, starting at iteration {start_iter}"
     )
     return DataLoader(
-        MapDataset(dataset_dicts, mapper),
+        MapDataset(dataset_dicts, mapper, policy),
         batch_sampler=batch_sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=trivial_batch_collator,
@@ -176,12 +240,16 @@ def build_detection_train_loader(cfg, mapper: Callable | None = None, start_iter
 
 def build_detection_test_loader(cfg, dataset_name: str, mapper: Callable | None = None) -> DataLoader:
     """Batches of one mapped image, this process's contiguous shard of the dataset, in order.
-    Empty images are kept: evaluation must see every image."""
-    dataset_dicts = get_detection_dataset_dicts(dataset_name, filter_empty=False)
+    Empty images are kept: evaluation must see every image. An empty dataset gives an empty
+    loader (with a warning); under the "skip" policy an unreadable image gives an empty batch."""
+    policy = check_policy(cfg.DATALOADER.BAD_DATA_POLICY)
+    dataset_dicts = get_detection_dataset_dicts(
+        dataset_name, filter_empty=False, bad_data_policy=policy, allow_empty=True
+    )
     if mapper is None:
         mapper = DatasetMapper.build(cfg, is_train=False)
     return DataLoader(
-        MapDataset(dataset_dicts, mapper),
+        MapDataset(dataset_dicts, mapper, policy, replace_bad=False),
         sampler=InferenceSampler(len(dataset_dicts)),
         batch_size=1,
         num_workers=cfg.DATALOADER.NUM_WORKERS,

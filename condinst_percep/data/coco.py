@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import time
@@ -13,25 +12,31 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
 from .catalog import DatasetCatalog, MetadataCatalog
+from .coco_validation import clean_coco_dataset, read_coco_json
 from .detection_utils import BoxMode
+from .validation import BadDataReport, active_report
 
 logger = logging.getLogger(__name__)
 
 
-def load_coco_api(json_file: str, dataset_name: str | None = None) -> COCO:
-    """Loads the json with pycocotools, turning missing files and bad json into clear errors."""
+def load_coco_api(
+    json_file: str,
+    dataset_name: str | None = None,
+    report: BadDataReport | None = None,
+    fix_boxes: bool = True,
+) -> COCO:
+    """A pycocotools ``COCO`` of the json after :func:`clean_coco_dataset` (``report`` holds the
+    policy; by default "error"). Missing files and bad JSON raise errors naming the file."""
     who = f"Dataset '{dataset_name}': " if dataset_name else ""
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"{who}annotation file not found: {json_file}")
+    dataset = read_coco_json(json_file, who)
+    report = report if report is not None else BadDataReport("error")
+    coco_api = COCO()
+    coco_api.dataset = clean_coco_dataset(dataset, json_file, report, fix_boxes)
     # pycocotools prints progress to stdout; keep it out of the user's console.
     with contextlib.redirect_stdout(io.StringIO()):
-        try:
-            coco_api = COCO(json_file)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{who}{json_file} is not valid JSON: {e}") from e
-    for key in ("images", "categories"):
-        if key not in coco_api.dataset:
-            raise ValueError(f"{who}{json_file} has no '{key}' list")
+        coco_api.createIndex()
     return coco_api
 
 
@@ -40,29 +45,23 @@ def category_id_map(coco_api: COCO) -> dict[int, int]:
     return {cat_id: i for i, cat_id in enumerate(sorted(coco_api.getCatIds()))}
 
 
-def _convert_segmentation(segm) -> list | dict | None:
-    """Valid polygons, or compressed RLE; None when nothing usable is left (the instance is
-    then dropped, as detectron2 does)."""
-    if isinstance(segm, dict):
-        if isinstance(segm.get("counts"), list):
-            return mask_util.frPyObjects(segm, *segm["size"])
-        return segm
-    polygons = [p for p in segm if len(p) % 2 == 0 and len(p) >= 6]
-    return polygons or None
-
-
 def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = None) -> list[dict]:
-    """Reads a COCO instances json into a list of records.
+    """Reads a COCO instances json into a list of records, checked by :func:`clean_coco_dataset`.
 
     Each record: ``{"file_name": image_root/file_name, "height", "width", "image_id",
-    "annotations": [{"id", "iscrowd", "bbox" (as stored, XYWH), "bbox_mode": BoxMode.XYWH_ABS,
-    "category_id" (contiguous), "segmentation" (polygons or compressed RLE)}]}`` sorted by image
-    id. When ``dataset_name`` is given, its metadata gets ``thing_classes`` and
-    ``thing_dataset_id_to_contiguous_id``. Annotations whose polygons are all degenerate are
-    dropped with a counted warning (detectron2's behaviour).
+    "annotations": [{"id", "iscrowd", "bbox" (XYWH, clipped to the image), "bbox_mode":
+    BoxMode.XYWH_ABS, "category_id" (contiguous), "segmentation" (polygons or compressed RLE)}]}``
+    sorted by image id. When ``dataset_name`` is given, its metadata gets ``thing_classes`` and
+    ``thing_dataset_id_to_contiguous_id``. Defects go to the active :class:`BadDataReport`
+    (see :func:`collect_bad_data`); without one, to an "error"-policy report whose summary is
+    logged here.
     """
     start = time.perf_counter()
-    coco_api = load_coco_api(json_file, dataset_name)
+    report = active_report()
+    own_report = report is None
+    if own_report:
+        report = BadDataReport("error")
+    coco_api = load_coco_api(json_file, dataset_name, report)
     if not os.path.isdir(image_root):
         who = f"Dataset '{dataset_name}': " if dataset_name else ""
         raise FileNotFoundError(f"{who}image folder not found: {image_root} (annotations: {json_file})")
@@ -75,39 +74,10 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
             thing_classes=[c["name"] for c in cats], thing_dataset_id_to_contiguous_id=id_map
         )
 
-    seen_ann_ids: set = set()
-    num_without_valid_segm = 0
     records = []
     for image_id in sorted(coco_api.imgs):
         img = coco_api.imgs[image_id]
-        annotations = []
-        for obj in coco_api.imgToAnns.get(image_id, []):
-            ann_id = obj.get("id")
-            where = f"{json_file}: annotation id {ann_id} (image id {image_id})"
-            if ann_id in seen_ann_ids:
-                raise ValueError(f"{where}: duplicate annotation id")
-            seen_ann_ids.add(ann_id)
-            if obj.get("category_id") not in id_map:
-                raise ValueError(
-                    f"{where}: category_id {obj.get('category_id')!r} is not among the "
-                    f"categories {sorted(id_map)}"
-                )
-            if "bbox" not in obj:
-                raise ValueError(f"{where}: no 'bbox'")
-            ann = {
-                "id": ann_id,
-                "iscrowd": obj.get("iscrowd", 0),
-                "bbox": obj["bbox"],
-                "bbox_mode": BoxMode.XYWH_ABS,
-                "category_id": id_map[obj["category_id"]],
-            }
-            if "segmentation" in obj:
-                segm = _convert_segmentation(obj["segmentation"])
-                if segm is None:
-                    num_without_valid_segm += 1
-                    continue
-                ann["segmentation"] = segm
-            annotations.append(ann)
+        annotations = [_record_annotation(obj, id_map) for obj in coco_api.imgToAnns.get(image_id, [])]
         records.append(
             {
                 "file_name": os.path.join(image_root, img["file_name"]),
@@ -117,15 +87,42 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
                 "annotations": annotations,
             }
         )
-    if num_without_valid_segm:
-        logger.warning(
-            f"{json_file}: dropped {num_without_valid_segm} annotations without a valid polygon "
-            "(each polygon needs an even number >= 6 of coordinates)"
-        )
+    _note_images_without_objects(records, report, json_file)
+    if own_report and report.counts:
+        report.log(logger, f"Bad data in {json_file}")
     logger.info(
         f"Loaded {len(records)} images from {json_file} in {time.perf_counter() - start:.2f}s"
     )
     return records
+
+
+def _record_annotation(obj: dict, id_map: dict[int, int]) -> dict:
+    ann = {
+        "id": obj["id"],
+        "iscrowd": obj["iscrowd"],
+        "bbox": obj["bbox"],
+        "bbox_mode": BoxMode.XYWH_ABS,
+        "category_id": id_map[obj["category_id"]],
+    }
+    if "segmentation" in obj:
+        segm = obj["segmentation"]
+        if isinstance(segm, dict) and isinstance(segm["counts"], list):
+            # Uncompressed RLE (COCO's crowd format) -> compressed.
+            segm = mask_util.frPyObjects(segm, *segm["size"])
+        ann["segmentation"] = segm
+    return ann
+
+
+def _note_images_without_objects(records: list[dict], report: BadDataReport, json_file: str) -> None:
+    """Counts images without annotations and crowd-only images: kept (the test set needs every
+    image); training leaves them out when DATALOADER.FILTER_EMPTY_ANNOTATIONS is on."""
+    empty = [r for r in records if not r["annotations"]]
+    crowd_only = [
+        r for r in records if r["annotations"] and all(a["iscrowd"] for a in r["annotations"])
+    ]
+    for reason, found in (("image without annotations", empty), ("crowd-only image", crowd_only)):
+        if found:
+            report.note(reason, len(found), f"{json_file}: image id {found[0]['image_id']}")
 
 
 def register_coco_instances(name: str, metadata: dict, json_file: str, image_root: str) -> None:

@@ -13,7 +13,9 @@ import torch
 
 from condinst_percep.structures import Instances
 
+from .coco_validation import rle_counts_total
 from .transforms import Transform
+from .validation import BadDataError, MissingImageError
 
 SUPPORTED_IMAGE_FORMATS = ("BGR", "RGB")
 
@@ -37,20 +39,32 @@ def box_to_xyxy(bbox: Any, mode: int) -> np.ndarray:
 def read_image(file_name: str, format: str = "BGR") -> np.ndarray:
     """Decodes an image file to uint8 (H, W, 3) in ``format`` ("BGR" or "RGB").
 
-    EXIF orientation is applied (cv2's default, as detectron2 does); gray images are expanded to
-    three channels and alpha is dropped by the colour decode.
+    cv2's ``IMREAD_COLOR`` decode defines every conversion: the EXIF orientation is applied (as
+    detectron2 does), gray is repeated on three channels, an alpha channel is dropped (not
+    composited), 16-bit samples keep their high byte (``v >> 8``), and CMYK JPEGs are converted
+    to colour by libjpeg. Missing, unreadable, corrupt and truncated files raise
+    :class:`BadDataError` (``MissingImageError`` for missing ones) naming the file.
     """
     if format not in SUPPORTED_IMAGE_FORMATS:
         raise ValueError(
             f"INPUT.FORMAT {format!r} is not supported; use one of {SUPPORTED_IMAGE_FORMATS}"
         )
-    if not os.path.isfile(file_name):
-        raise FileNotFoundError(f"Image file not found: {file_name}")
-    # np.fromfile + imdecode instead of imread: imread returns None without saying why.
-    data = np.fromfile(file_name, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if not os.path.exists(file_name):
+        raise MissingImageError(f"Image file not found: {file_name}")
+    try:
+        # np.fromfile + imdecode instead of imread: imread returns None without saying why.
+        data = np.fromfile(file_name, dtype=np.uint8)
+    except OSError as e:
+        raise BadDataError(f"Cannot read image file {file_name}: {e}") from e
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:
+        image = None
     if image is None:
-        raise ValueError(f"Cannot decode image file {file_name} ({data.size} bytes)")
+        raise BadDataError(
+            f"Cannot decode image file {file_name} ({data.size} bytes): not an image, or "
+            "corrupt or truncated"
+        )
     if format == "RGB":
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
@@ -61,9 +75,15 @@ def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:
     h, w = image.shape[:2]
     expected = (dataset_dict.get("height", h), dataset_dict.get("width", w))
     if expected != (h, w):
-        raise ValueError(
+        hint = ""
+        if expected == (w, h):
+            hint = (
+                "; the sizes are swapped: the file probably has an EXIF orientation, which is "
+                "applied on decoding, so its record must hold the rotated size"
+            )
+        raise BadDataError(
             f"Image {dataset_dict.get('file_name')} (image_id {dataset_dict.get('image_id')}) "
-            f"is {h}x{w} (HxW) but its record says {expected[0]}x{expected[1]}"
+            f"is {h}x{w} (HxW) but its record says {expected[0]}x{expected[1]}{hint}"
         )
 
 
@@ -82,14 +102,21 @@ def segmentation_to_bitmask(segm: Any, height: int, width: int, ann_id: Any = No
         return polygons_to_bitmask(segm, height, width)
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
         if list(segm["size"]) != [height, width]:
-            raise ValueError(
+            raise BadDataError(
                 f"Annotation {ann_id}: RLE size {segm['size']} differs from the image size "
                 f"{[height, width]}"
+            )
+        total = rle_counts_total(segm["counts"])
+        if total != height * width:
+            # pycocotools decodes without bounds checks: such counts would overrun its buffer.
+            raise BadDataError(
+                f"Annotation {ann_id}: RLE counts are malformed or do not sum to "
+                f"{height}x{width} pixels (sum {total})"
             )
         if isinstance(segm["counts"], list):
             segm = mask_util.frPyObjects(segm, height, width)
         return mask_util.decode(segm).astype(bool)
-    raise ValueError(
+    raise BadDataError(
         f"Annotation {ann_id}: cannot interpret segmentation of type {type(segm).__name__}"
     )
 
@@ -105,13 +132,13 @@ def transform_instance_annotation(
     """
     ann_id = annotation.get("id")
     if "bbox" not in annotation:
-        raise ValueError(f"Annotation {ann_id} has no 'bbox'")
+        raise BadDataError(f"Annotation {ann_id} has no 'bbox'")
     box = box_to_xyxy(annotation["bbox"], annotation.get("bbox_mode", BoxMode.XYWH_ABS))
     box = transforms.apply_box(box[None])[0].clip(min=0)
     h, w = image_size
     box = np.minimum(box, [w, h, w, h])
     if "segmentation" not in annotation:
-        raise ValueError(
+        raise BadDataError(
             f"Annotation {ann_id} has no 'segmentation'; instance segmentation needs a mask "
             "for every non-crowd annotation"
         )

@@ -21,6 +21,7 @@ from tabulate import tabulate
 from condinst_percep.checkpoint import atomic_write
 from condinst_percep.data.catalog import DatasetCatalog, MetadataCatalog
 from condinst_percep.data.coco import category_id_map, load_coco_api
+from condinst_percep.data.validation import BadDataReport
 from condinst_percep.structures import Instances
 from condinst_percep.utils import comm
 
@@ -174,7 +175,13 @@ class COCOEvaluator(DatasetEvaluator):
         if not os.path.isfile(json_file):
             # Generated sets (shapes) write their json on first load.
             DatasetCatalog.get(dataset_name)
-        self._coco_api = load_coco_api(json_file, dataset_name)
+        # The ground truth is checked like the loader's records: the images the "skip" policy
+        # leaves out are not scored, and polygons pycocotools cannot rasterise are removed;
+        # boxes stay as written, as in COCO's official evaluation.
+        report = BadDataReport("skip")
+        self._coco_api = load_coco_api(json_file, dataset_name, report, fix_boxes=False)
+        if report.num("skipped") or report.num("fixed"):
+            report.log(logger, f"COCOEvaluator ground truth of '{dataset_name}'")
         id_map = metadata.get("thing_dataset_id_to_contiguous_id") or category_id_map(self._coco_api)
         self._contiguous_to_dataset_id = {v: k for k, v in id_map.items()}
         self._class_names = metadata.get("thing_classes") or [
@@ -208,6 +215,15 @@ class COCOEvaluator(DatasetEvaluator):
             predictions = self._predictions
         if not predictions:
             logger.warning(f"COCOEvaluator on '{self._dataset_name}' received no predictions")
+        gt_ids = set(self._coco_api.getImgIds() if img_ids is None else img_ids)
+        if not gt_ids:
+            logger.warning(f"Dataset '{self._dataset_name}' has no images: every AP is NaN")
+        missed = gt_ids - {p["image_id"] for p in predictions}
+        if missed and predictions:
+            logger.warning(
+                f"{len(missed)} of {len(gt_ids)} images of '{self._dataset_name}' got no output "
+                f"(skipped as bad data?), e.g. image id {min(missed)}: their objects count as missed"
+            )
         coco_results = list(itertools.chain(*[p["instances"] for p in predictions]))
         if self._output_dir:
             path = os.path.join(self._output_dir, RESULTS_FILE)

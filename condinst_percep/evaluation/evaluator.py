@@ -50,6 +50,9 @@ def inference_on_dataset(
     try:
         with torch.no_grad():
             for idx, inputs in enumerate(data_loader):
+                if not inputs:
+                    # Every image of the batch was skipped as bad data (the loader warned).
+                    continue
                 if idx == num_warmup:
                     start_time, compute_time = time.perf_counter(), 0.0
                 compute_start = time.perf_counter()
