@@ -330,3 +330,31 @@ def test_forward_errors_name_argument_and_value():
     for call, match in cases:
         with pytest.raises(ValueError, match=match):
             call()
+
+
+def test_from_config_defaults_and_overrides(tmp_path):
+    from condinst_percep.config import get_cfg
+
+    cfg = get_cfg()
+    kwargs = PerceptualLoss.from_config(cfg)
+    net = kwargs["net"]
+    assert (net.in_channels, net.structure, net.init, net.seed) == (1, (2, 2, 4, 4, 4), "he", 0)
+    assert kwargs["layer_weights"] is None and kwargs["chunk_size"] == 16
+    assert kwargs["loss_weight"] == pytest.approx(0.1)
+    ref = RandomPerceptualNet(1)
+    assert torch.equal(net.blocks[4][3].weight, ref.blocks[4][3].weight)
+
+    cfg.MODEL.PERCEP.STRUCTURE = (1, 1)
+    cfg.MODEL.PERCEP.WIDTHS = (4, 8)
+    cfg.MODEL.PERCEP.INIT = "uniform"
+    cfg.MODEL.PERCEP.INIT_SCALE = 0.1
+    cfg.MODEL.PERCEP.LAYER_WEIGHTS = (0.5, 1.0)
+    cfg.MODEL.PERCEP.CHUNK_SIZE = 0
+    cfg.MODEL.PERCEP.SEED = 3
+    loss = PerceptualLoss(**PerceptualLoss.from_config(cfg, in_channels=2))
+    assert loss.net.in_channels == 2 and loss.net.init_scale == 0.1 and loss.net.seed == 3
+    assert loss.layer_weights == (0.5, 1.0) and loss.chunk_size is None
+
+    cfg.MODEL.PERCEP.PRETRAINED_VGG = str(tmp_path / "vgg.pth")
+    with pytest.raises(ValueError, match=r"STRUCTURE.*\(1, 1\)"):
+        PerceptualLoss.from_config(cfg)

@@ -271,3 +271,19 @@ def test_torchvision_loader_errors(tmp_path, vgg11_file):
     torch.save(wrong, tmp_path / "wrong.pth")
     with pytest.raises(ValueError, match=r"'features\.3\.weight'.*\(128, 32, 3, 3\)"):
         RandomPerceptualNet.from_torchvision_vgg(tmp_path / "wrong.pth", 1, arch="vgg11")
+
+
+def test_loss_from_config_builds_the_t_variant(vgg11_file):
+    from condinst_percep.config import get_cfg
+    from condinst_percep.perceptual import PerceptualLoss
+
+    path, state = vgg11_file
+    cfg = get_cfg()
+    cfg.MODEL.PERCEP.PRETRAINED_VGG = str(path)
+    cfg.MODEL.PERCEP.STRUCTURE = (1, 1, 2, 2, 2)
+    cfg.MODEL.PERCEP.SEED = 4
+    net = PerceptualLoss.from_config(cfg)["net"]
+    direct = RandomPerceptualNet.from_torchvision_vgg(path, in_channels=1, arch="vgg11", seed=4)
+    assert net.init == "torchvision:vgg11"
+    assert torch.equal(net.input_proj.weight, direct.input_proj.weight)
+    assert torch.equal(net.blocks[4][1].weight, state["features.18.weight"])

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .random_net import VGG_STRUCTURES, VGG_WIDTHS, RandomPerceptualNet
+
 __all__ = ["PerceptualLoss"]
 
 REDUCTIONS = ("mean", "none")
@@ -104,6 +106,45 @@ class PerceptualLoss(nn.Module):
         self.loss_weight = float(loss_weight)
         self.chunk_size = chunk_size
         self._levels = [i for i, w in enumerate(self.layer_weights) if w > 0]
+
+    @classmethod
+    def from_config(cls, cfg, in_channels: int = 1) -> dict:
+        """``__init__`` kwargs from ``cfg.MODEL.PERCEP``, the network included.
+
+        ``PRETRAINED_VGG`` set: the "T" variant from that file, ``STRUCTURE`` naming the VGG
+        (``WIDTHS``/``KERNEL_SIZE`` must be VGG's, ``INIT`` does not apply); otherwise the random
+        network. ``INIT_SCALE`` 0 means none, ``LAYER_WEIGHTS`` empty the final block alone,
+        ``CHUNK_SIZE`` 0 all instances at once. Usage: ``PerceptualLoss(**from_config(cfg))``.
+        """
+        p = cfg.MODEL.PERCEP
+        structure = tuple(p.STRUCTURE)
+        if p.PRETRAINED_VGG:
+            arch = {s: name for name, s in VGG_STRUCTURES.items()}.get(structure)
+            if arch is None or tuple(p.WIDTHS) != VGG_WIDTHS or p.KERNEL_SIZE != 3:
+                raise ValueError(
+                    f"MODEL.PERCEP.PRETRAINED_VGG={p.PRETRAINED_VGG!r} needs a torchvision VGG: "
+                    f"MODEL.PERCEP.STRUCTURE one of {dict(VGG_STRUCTURES)}, WIDTHS {VGG_WIDTHS} "
+                    f"and KERNEL_SIZE 3, got {structure}, {tuple(p.WIDTHS)}, {p.KERNEL_SIZE}"
+                )
+            net = RandomPerceptualNet.from_torchvision_vgg(
+                p.PRETRAINED_VGG, in_channels, arch=arch, seed=p.SEED
+            )
+        else:
+            net = RandomPerceptualNet(
+                in_channels,
+                structure=structure,
+                widths=tuple(p.WIDTHS),
+                kernel_size=p.KERNEL_SIZE,
+                init=p.INIT,
+                init_scale=p.INIT_SCALE or None,
+                seed=p.SEED,
+            )
+        return {
+            "net": net,
+            "layer_weights": tuple(p.LAYER_WEIGHTS) or None,
+            "loss_weight": p.LOSS_WEIGHT,
+            "chunk_size": p.CHUNK_SIZE or None,
+        }
 
     def forward(
         self,
