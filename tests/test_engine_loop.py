@@ -87,7 +87,7 @@ def test_training_decreases_loss_and_clipper_sees_gradients():
     assert trainer.storage.history("loss_a").values()[-1][0] < 0.1 * trainer.storage.history("loss_a").values()[0][0]
 
 
-def test_hooks_write_metrics_json_console_and_tensorboard(tmp_path, caplog):
+def test_hooks_write_metrics_json_console_and_tensorboard(tmp_path):
     model = _Regressor()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0 / (1 + it))
@@ -107,8 +107,19 @@ def test_hooks_write_metrics_json_console_and_tensorboard(tmp_path, caplog):
     trainer.register_hooks(
         [IterationTimer(), LRScheduler(opt, sched), EvalHook(20, fake_eval), PeriodicWriter(writers, 20)]
     )
-    with caplog.at_level(logging.INFO, logger="condinst_percep"):
+    # A handler on the printer's own logger: setup_logger() elsewhere may stop propagation.
+    printer_logger = logging.getLogger("condinst_percep.utils.events")
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    printer_logger.addHandler(handler)
+    level = printer_logger.level
+    printer_logger.setLevel(logging.INFO)
+    try:
         trainer.train(0, max_iter)
+    finally:
+        printer_logger.removeHandler(handler)
+        printer_logger.setLevel(level)
 
     # periodic eval after iterations 19 and 39, final one after training (max_iter)
     assert evals == [19, 39, max_iter]
@@ -125,7 +136,7 @@ def test_hooks_write_metrics_json_console_and_tensorboard(tmp_path, caplog):
     assert lines[0]["bbox/AP"] == 51.0 and lines[1]["bbox/AP"] == 52.0
     assert lines[3] == {"iteration": 45, "bbox/AP": 53.0, "bbox/AP50": 70.0, "segm/AP": 40.0}
 
-    console = [r.getMessage() for r in caplog.records if r.getMessage().startswith("eta:")]
+    console = [r.getMessage() for r in records if r.getMessage().startswith("eta:")]
     assert len(console) == 3
     assert "iter: 19" in console[0] and "total_loss:" in console[0] and "max_mem:" in console[0]
     assert "lr: " in console[0] and "data_time:" in console[0]

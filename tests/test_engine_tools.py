@@ -49,6 +49,8 @@ def test_draw_instances_boxes_and_labels():
     assert (out[60, 20] == color).all() and (out[80, 60] == color).all()  # box edges
     assert (out[60, 55] == 0).all()  # box interior untouched without a mask
     assert (out[25:40, 20:60] != 0).any()  # label above the box
+    empty = draw_instances(image, masks=np.zeros((0, 100, 120), bool), classes=np.zeros(0, int))
+    assert (empty == image).all()
     with pytest.raises(ValueError, match=r"masks have size \(5, 5\)"):
         draw_instances(image, masks=np.zeros((1, 5, 5), bool), classes=[0])
     with pytest.raises(ValueError, match="uint8 BGR"):

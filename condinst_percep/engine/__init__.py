@@ -9,6 +9,7 @@ from .solver import (
     get_default_optimizer_params,
 )
 from .train_loop import HookBase, SimpleTrainer, TrainerBase
+from .trainer import Trainer, auto_scale_workers, create_ddp_model, default_writers
 
 __all__ = [
     "EvalHook",
@@ -18,13 +19,17 @@ __all__ = [
     "PeriodicCheckpointer",
     "PeriodicWriter",
     "SimpleTrainer",
+    "Trainer",
     "TrainerBase",
+    "auto_scale_workers",
     "build_gradient_clipper",
     "build_lr_scheduler",
     "build_optimizer",
     "collect_env_info",
+    "create_ddp_model",
     "default_argument_parser",
     "default_setup",
+    "default_writers",
     "get_default_optimizer_params",
     "launch",
     "seed_all_rng",

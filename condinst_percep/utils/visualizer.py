@@ -55,7 +55,7 @@ def draw_instances(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8 BGR, got {image.shape} {image.dtype}")
     out = image.copy()
-    if classes is None:
+    if classes is None or len(classes) == 0:
         return out
     classes = _to_numpy(classes).astype(np.int64)
     colors = instance_colors(classes)
