@@ -319,6 +319,8 @@ def test_forward_errors_name_argument_and_value():
         (lambda: loss(p, p[:, 0]), r"target.*4-D.*\(2, 16, 16\)"),
         (lambda: loss(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)), "pred has 3 channels"),
         (lambda: loss(p, torch.rand(2, 1, 16, 15)), r"same shape.*\(2, 1, 16, 15\)"),
+        (lambda: loss(p, p.to("meta")), "target is on meta but the loss network is on cpu"),
+        (lambda: loss(p[:, :, :0], p[:, :, :0]), r"at least 1x1.*\(2, 1, 0, 16\)"),
         (lambda: loss(nan, p), "pred holds non-finite"),
         (lambda: loss(p, inf), "target holds non-finite"),
         (lambda: loss(p, p, target_index=torch.tensor([0])), r"target_index.*\(2,\).*\(1,\)"),

@@ -222,6 +222,12 @@ class PerceptualLoss(nn.Module):
                     f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}), the loss "
                     f"network takes in_channels={self.net.in_channels}"
                 )
+            device = getattr(self.net, "device", x.device)
+            if x.device != device:
+                raise ValueError(
+                    f"{name} is on {x.device} but the loss network is on {device}; move the "
+                    "network with .to() (the parent model's .to() does it)"
+                )
         if target_index is None:
             if target.shape != pred.shape:
                 raise ValueError(

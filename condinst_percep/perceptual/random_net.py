@@ -231,6 +231,8 @@ class RandomPerceptualNet(nn.Module):
                 f"x has {x.shape[1]} channels (shape {tuple(x.shape)}), the network was built "
                 f"with in_channels={self.in_channels}"
             )
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"x must be at least 1x1 pixels, got shape {tuple(x.shape)}")
         if x.device != self.device:
             raise ValueError(
                 f"x is on {x.device} but the network is on {self.device}; move it with .to()"
