@@ -37,11 +37,13 @@ def read_coco_json(json_file: str, who: str = "") -> dict:
         dataset = json.loads(raw)
     except json.JSONDecodeError as e:
         hint = ""
-        if e.pos >= len(raw.rstrip()):
-            hint = "; the file is empty" if not raw.strip() else "; the file ends early (truncated?)"
+        if not raw.strip():
+            hint = "; the file is empty"
+        elif e.pos >= len(raw.rstrip()) or e.msg.startswith("Unterminated"):
+            hint = "; the file ends early (truncated?)"
         raise BadDataError(
-            f"{who}{json_file} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno} "
-            f"(char {e.pos} of {len(raw)}){hint}"
+            f"{who}{json_file} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}, "
+            f"char {e.pos} of {len(raw)}){hint}"
         ) from e
     except UnicodeDecodeError as e:
         raise BadDataError(
@@ -287,10 +289,7 @@ def clean_coco_dataset(
 
     out_images = [img for img_id, img in images.items() if img_id not in dropped]
     report.count(
-        "skipped",
-        "= images left out (each holds a bad record)",
-        "",
-        len(dataset["images"]) - len(out_images),
+        "left out", "images holding a bad record", json_file, len(dataset["images"]) - len(out_images)
     )
     return {
         **dataset,

@@ -40,7 +40,8 @@ class BadDataReport:
 
     ``bad(reason, where)`` raises :class:`BadDataError` under ``"error"`` and counts a skip
     under ``"skip"``; ``fixed(reason, where)`` counts a repair; ``note(reason, n)`` counts
-    something that is not a defect but worth a line (images without annotations). The first
+    something that is not a defect but worth a line (images without annotations);
+    ``count("left out", ...)`` counts the images dropped for holding a bad record. The first
     place each reason was met is kept as an example for the summary.
     """
 
@@ -85,8 +86,8 @@ class BadDataReport:
         level = logging.WARNING if self.num("skipped") or self.num("fixed") else logging.INFO
         logger.log(
             level,
-            f"{title} ({POLICY_KEY} '{self.policy}'): {self.num('skipped')} skipped, "
-            f"{self.num('fixed')} fixed\n{self.table()}",
+            f"{title} ({POLICY_KEY} '{self.policy}'): {self.num('skipped')} bad records skipped "
+            f"({self.num('left out')} images left out), {self.num('fixed')} fixed\n{self.table()}",
         )
 
 
