@@ -281,3 +281,40 @@ _C.GLOBAL.HACK = 1.0
 # =============================================================================================
 # Keys added by other owners. Append a labelled block per owner below (minimal edits only).
 # =============================================================================================
+
+# --- perceptual CondInst (PERCEPTUAL-HEAD owner, issue 5; see docs/perceptual_condinst.md) ---
+# The mask head class, looked up in condinst_percep.modeling.condinst.MASK_HEAD_REGISTRY.
+# "PercepMaskHead" adds loss_percep and needs MODEL.PERCEP.ENABLED (and the reverse).
+_C.MODEL.CONDINST.MASK_HEAD.NAME = "DynamicMaskHead"
+
+# The generic perceptual loss on CondInst's stride-4 instance masks (Liu et al., CVPR 2021).
+_C.MODEL.PERCEP = CN()
+_C.MODEL.PERCEP.ENABLED = False
+# λ: loss_percep = LOSS_WEIGHT * mean over instances of the embedding distance.
+_C.MODEL.PERCEP.LOSS_WEIGHT = 0.1
+# Convolutions per block of the frozen VGG-like network; (2, 2, 4, 4, 4) is VGG19.
+_C.MODEL.PERCEP.STRUCTURE = (2, 2, 4, 4, 4)
+_C.MODEL.PERCEP.WIDTHS = (64, 128, 256, 512, 512)
+_C.MODEL.PERCEP.KERNEL_SIZE = 3
+# "he" (fan-in, the paper's), "normal" N(0, INIT_SCALE), "uniform" U[-INIT_SCALE, INIT_SCALE],
+# "xavier" (Xavier-normal).
+_C.MODEL.PERCEP.INIT = "he"
+# Only for INIT "normal" / "uniform"; 0.0 otherwise.
+_C.MODEL.PERCEP.INIT_SCALE = 0.0
+# One weight per block output; empty: the final block alone (the paper's default).
+_C.MODEL.PERCEP.LAYER_WEIGHTS = ()
+# Seed of the network's own generator: identical weights in every process and resumed run.
+_C.MODEL.PERCEP.SEED = 0
+# "teacher": soft masks of the frozen MODEL.TEACHER at the student's instances; "gt": GT bitmaps.
+_C.MODEL.PERCEP.TARGET = "teacher"
+# Instances embedded at a time (peak memory of the loss is one chunk's); 0: all at once.
+_C.MODEL.PERCEP.CHUNK_SIZE = 16
+# A local torchvision VGG state_dict (the paper's "T" variant, STRUCTURE naming a VGG); "": random.
+_C.MODEL.PERCEP.PRETRAINED_VGG = ""
+
+# The frozen teacher of MODEL.PERCEP.TARGET "teacher": a CondInst config (paths relative to the
+# working directory) and its weights (path, URL or detectron2:// path; AdelaiDet .pth included).
+_C.MODEL.TEACHER = CN()
+_C.MODEL.TEACHER.CONFIG_FILE = ""
+_C.MODEL.TEACHER.WEIGHTS = ""
+# --- end perceptual CondInst ---

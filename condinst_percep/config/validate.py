@@ -153,6 +153,7 @@ def validate_cfg(cfg: CfgNode) -> None:
     _check_heads(cfg, bad)
     _check_input(cfg, bad)
     _check_solver(cfg, bad)
+    _check_percep(cfg, bad)
 
     if problems:
         raise UnsupportedConfigError(problems)
@@ -320,3 +321,68 @@ def _check_solver(cfg: CfgNode, bad) -> None:
         bad("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "must be positive")
     if cfg.TEST.EVAL_PERIOD < 0:
         bad("TEST.EVAL_PERIOD", "must be >= 0 (0 disables evaluation during training)")
+
+
+# --- perceptual CondInst (PERCEPTUAL-HEAD owner, issue 5) ---
+PERCEP_TARGETS = ("teacher", "gt")
+PERCEP_INITS = ("he", "normal", "uniform", "xavier")
+_VGG_STRUCTURES = ((1, 1, 2, 2, 2), (2, 2, 2, 2, 2), (2, 2, 3, 3, 3), (2, 2, 4, 4, 4))
+
+
+def _positive_ints(values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
+def _check_percep(cfg: CfgNode, bad) -> None:
+    p, t = cfg.MODEL.PERCEP, cfg.MODEL.TEACHER
+    head = cfg.MODEL.CONDINST.MASK_HEAD.NAME
+    if p.ENABLED and head != "PercepMaskHead":
+        bad("MODEL.CONDINST.MASK_HEAD.NAME", "MODEL.PERCEP.ENABLED needs 'PercepMaskHead'")
+    if head == "PercepMaskHead" and not p.ENABLED:
+        bad("MODEL.PERCEP.ENABLED", "MASK_HEAD.NAME 'PercepMaskHead' needs it True")
+    if p.TARGET not in PERCEP_TARGETS:
+        bad("MODEL.PERCEP.TARGET", f"must be one of {PERCEP_TARGETS}")
+    structure, widths = tuple(p.STRUCTURE), tuple(p.WIDTHS)
+    if not structure or not _positive_ints(structure):
+        bad("MODEL.PERCEP.STRUCTURE", "needs at least one block, each a positive int")
+    if not _positive_ints(widths) or len(widths) != len(structure):
+        bad("MODEL.PERCEP.WIDTHS", f"needs one positive int per block ({len(structure)})")
+    k = p.KERNEL_SIZE
+    if not _positive_ints([k]) or k % 2 == 0:
+        bad("MODEL.PERCEP.KERNEL_SIZE", "must be a positive odd int ('same' padding)")
+    if p.INIT not in PERCEP_INITS:
+        bad("MODEL.PERCEP.INIT", f"must be one of {PERCEP_INITS}")
+    elif p.INIT in ("normal", "uniform") and not p.INIT_SCALE > 0:
+        bad("MODEL.PERCEP.INIT_SCALE", f"INIT {p.INIT!r} needs a positive scale")
+    elif p.INIT not in ("normal", "uniform") and p.INIT_SCALE != 0:
+        bad("MODEL.PERCEP.INIT_SCALE", f"INIT {p.INIT!r} takes no scale (leave it 0.0)")
+    lw = tuple(p.LAYER_WEIGHTS)
+    if lw and (len(lw) != len(structure) or min(lw) < 0 or max(lw) <= 0):
+        bad(
+            "MODEL.PERCEP.LAYER_WEIGHTS",
+            f"needs one weight >= 0 per block ({len(structure)}), not all 0; () = final block",
+        )
+    if not p.LOSS_WEIGHT >= 0:
+        bad("MODEL.PERCEP.LOSS_WEIGHT", "must be >= 0")
+    if not isinstance(p.CHUNK_SIZE, int) or p.CHUNK_SIZE < 0:
+        bad("MODEL.PERCEP.CHUNK_SIZE", "must be an int >= 0 (0: all instances at once)")
+    if not isinstance(p.SEED, int) or isinstance(p.SEED, bool):
+        bad("MODEL.PERCEP.SEED", "must be an int")
+    if p.PRETRAINED_VGG and (
+        structure not in _VGG_STRUCTURES or widths != (64, 128, 256, 512, 512) or k != 3
+    ):
+        bad(
+            "MODEL.PERCEP.PRETRAINED_VGG",
+            "torchvision VGG weights need STRUCTURE of VGG11/13/16/19, the VGG WIDTHS and "
+            "KERNEL_SIZE 3",
+        )
+    if not p.ENABLED:
+        return
+    if p.TARGET == "teacher":
+        for key in ("CONFIG_FILE", "WEIGHTS"):
+            if not t[key]:
+                bad(f"MODEL.TEACHER.{key}", "MODEL.PERCEP.TARGET 'teacher' needs it")
+    elif p.TARGET == "gt":
+        for key in ("CONFIG_FILE", "WEIGHTS"):
+            if t[key]:
+                bad(f"MODEL.TEACHER.{key}", "would be ignored: MODEL.PERCEP.TARGET is 'gt'")

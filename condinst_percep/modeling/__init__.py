@@ -7,6 +7,7 @@ from torch import nn
 
 from ..config import validate_cfg
 from .condinst import CondInst
+from .teacher import build_teacher
 
 
 def build_model(cfg) -> nn.Module:
@@ -21,4 +22,4 @@ def build_model(cfg) -> nn.Module:
     return model.to(cfg.MODEL.DEVICE)
 
 
-__all__ = ["CondInst", "build_model"]
+__all__ = ["CondInst", "build_model", "build_teacher"]

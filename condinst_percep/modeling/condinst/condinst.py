@@ -159,7 +159,7 @@ class CondInst(nn.Module):
             losses.update(
                 self.mask_head(
                     mask_feats, self.mask_branch.out_stride, pred_instances, gt_instances,
-                    batched_inputs=batched_inputs,
+                    batched_inputs=batched_inputs, images=images,
                 )
             )
             return losses
@@ -177,27 +177,33 @@ class CondInst(nn.Module):
 
     def mask_logits_at(self, batched_inputs: list[dict], instances: Instances) -> torch.Tensor:
         """This model's mask logits for instances found by another CondInst (the student) on the
-        same inputs: the teacher path of the perceptual loss.
+        same inputs, after this model's own preprocessing: :meth:`mask_logits_on` of
+        ``preprocess_image(batched_inputs)``."""
+        images, _ = self.preprocess_image(batched_inputs)
+        return self.mask_logits_on(images, instances)
 
-        Runs this model's own preprocessing, backbone and mask branch, takes its own controller
+    def mask_logits_on(self, images: torch.Tensor, instances: Instances) -> torch.Tensor:
+        """This model's mask logits for instances found by another CondInst (the student) on the
+        same padded batch: the teacher path of the perceptual loss.
+
+        Runs this model's backbone and mask branch on ``images``, takes its own controller
         output at each instance's ``pos_inds`` (same image, FPN level and location) and runs its
         own dynamic mask head with the instances' ``locations``, ``im_inds`` and ``fpn_levels``.
         Gradients and train/eval mode are the caller's business (a teacher: ``eval()`` and
         ``torch.no_grad()``).
 
         Args:
-            batched_inputs: the inputs the student saw.
+            images: (N, 3, Hp, Wp) float, the student's normalised, padded batch (the caller
+                makes sure both models share the pixel convention).
             instances: the student's sampled positives (``pos_inds``, ``locations``,
                 ``im_inds``, ``fpn_levels``).
 
         Returns:
             (n, 1, Hp/4, Wp/4) logits on the same padded canvas as the student's.
 
-        Raises ValueError if this model's location grid differs from the student's (another
-        ``size_divisibility`` or other FPN strides), since ``pos_inds`` would then point
-        elsewhere.
+        Raises ValueError if this model's location grid differs from the student's (other
+        FPN strides or levels), since ``pos_inds`` would then point elsewhere.
         """
-        images, _ = self.preprocess_image(batched_inputs)
         features = self.backbone(images)
         levels = [features[f] for f in self.proposal_generator.in_features]
         grid = torch.cat(
@@ -208,7 +214,7 @@ class CondInst(nn.Module):
             or not torch.equal(grid[instances.pos_inds], instances.locations.to(grid.dtype))
         ):
             raise ValueError(
-                "mask_logits_at: this model's FCOS locations differ from the student's at "
+                "mask_logits_on: this model's FCOS locations differ from the student's at "
                 "pos_inds (different size_divisibility, FCOS.FPN_STRIDES or inputs)"
             )
         query = Instances(

@@ -198,12 +198,14 @@ class DynamicMaskHead(nn.Module):
         pred_instances: Instances,
         gt_instances: list[Instances] | None = None,
         batched_inputs: list[dict] | None = None,
+        images: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor] | Instances:
         """Training: the loss dict of :meth:`losses`. Inference: ``pred_instances`` with
         ``pred_global_masks`` = sigmoid of the logits, (n, 1, Hp/4, Wp/4).
 
-        ``batched_inputs`` (the model's raw inputs) is passed in training so that a subclass
-        can run another model (a teacher) on the same images; this class does not use it.
+        ``batched_inputs`` (the model's raw inputs) and ``images`` (the normalised, padded
+        (N, 3, Hp, Wp) float batch the backbone saw) are passed in training so that a subclass
+        can run another model (a teacher) on the same images; this class uses neither.
         """
         if self.training:
             self._iter += 1

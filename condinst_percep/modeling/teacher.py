@@ -1,0 +1,118 @@
+"""The frozen teacher of the perceptual loss: a CondInst built from its own config and weights.
+
+The teacher runs on the student's padded, normalised batch (not on the raw inputs): its pixel
+convention and location grid must therefore be the student's, which :func:`check_teacher_cfg`
+enforces by key before anything is built or downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from fvcore.common.config import CfgNode
+
+from ..checkpoint import (
+    CheckpointMismatchError,
+    check_format_conventions,
+    load_model_weights,
+    read_checkpoint,
+    resolve_path,
+)
+from ..config import get_cfg, validate_cfg
+from ..config.validate import backbone_output_names
+from .condinst import CondInst
+
+logger = logging.getLogger(__name__)
+
+# Keys whose values must be equal in the teacher's and the student's config, and why.
+_MUST_MATCH = {
+    "MODEL.FCOS.IN_FEATURES": "FPN levels: the student's pos_inds index the teacher's locations",
+    "MODEL.FCOS.FPN_STRIDES": "FPN strides: the student's pos_inds index the teacher's locations",
+    "MODEL.CONDINST.MASK_OUT_STRIDE": "mask stride: both masks must lie on the same canvas",
+    "INPUT.FORMAT": "the teacher reads the student's normalised batch",
+    "MODEL.PIXEL_MEAN": "the teacher reads the student's normalised batch",
+    "MODEL.PIXEL_STD": "the teacher reads the student's normalised batch",
+}
+
+
+def _get(cfg: CfgNode, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return list(node) if isinstance(node, (list, tuple)) else node
+
+
+def load_teacher_cfg(config_file: str) -> CfgNode:
+    """The teacher's config: defaults, then ``config_file`` (with its ``_BASE_`` chain), with
+    the perceptual loss switched off (the teacher only serves mask logits)."""
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(
+            f"MODEL.TEACHER.CONFIG_FILE = {config_file!r}: no such file (relative paths are "
+            f"resolved from the working directory {os.getcwd()!r})"
+        )
+    cfg = get_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.MODEL.PERCEP.ENABLED = False
+    cfg.MODEL.CONDINST.MASK_HEAD.NAME = "DynamicMaskHead"
+    cfg.MODEL.TEACHER.CONFIG_FILE = ""
+    cfg.MODEL.TEACHER.WEIGHTS = ""
+    return cfg
+
+
+def check_teacher_cfg(student_cfg: CfgNode, teacher_cfg: CfgNode, config_file: str) -> None:
+    """Raise ValueError naming every key in which the teacher cannot serve the student."""
+    problems = [
+        f"{key}: teacher {_get(teacher_cfg, key)!r} vs student {_get(student_cfg, key)!r} ({why})"
+        for key, why in _MUST_MATCH.items()
+        if _get(teacher_cfg, key) != _get(student_cfg, key)
+    ]
+    # The padding multiple is the stride of the last backbone output (FPN top levels included).
+    t_top, s_top = backbone_output_names(teacher_cfg)[-1], backbone_output_names(student_cfg)[-1]
+    if t_top != s_top:
+        problems.append(
+            f"MODEL.FCOS.TOP_LEVELS / MODEL.FPN.IN_FEATURES: teacher's last level {t_top} vs "
+            f"student's {s_top} (the batch padding multiple would differ)"
+        )
+    if problems:
+        raise ValueError(
+            f"teacher MODEL.TEACHER.CONFIG_FILE = {config_file!r} cannot serve this student:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def build_teacher(student_cfg: CfgNode) -> CondInst:
+    """The frozen teacher named by ``student_cfg.MODEL.TEACHER``: built on the CPU (the
+    student's head moves it along with the student), weights loaded, eval mode, no grad.
+
+    Raises if its config is incompatible (:func:`check_teacher_cfg`), if ``WEIGHTS`` is
+    missing, or if any model key the teacher needs is absent from or mis-shaped in the file: a
+    partly random teacher would give meaningless targets.
+    """
+    t = student_cfg.MODEL.TEACHER
+    cfg = load_teacher_cfg(t.CONFIG_FILE)
+    check_teacher_cfg(student_cfg, cfg, t.CONFIG_FILE)
+    validate_cfg(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    teacher = CondInst(**CondInst.from_config(cfg))
+    weights = t.WEIGHTS
+    if "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"MODEL.TEACHER.WEIGHTS = {weights!r}: no such file (working directory "
+            f"{os.getcwd()!r}). If the teacher is a model trained with this package, train "
+            f"MODEL.TEACHER.CONFIG_FILE = {t.CONFIG_FILE!r} first; its final checkpoint is "
+            f"OUTPUT_DIR/model_final.pth"
+        )
+    raw = read_checkpoint(resolve_path(weights))
+    check_format_conventions(raw.format, cfg, weights)
+    report = load_model_weights(teacher, raw.state_dict, source=weights, dropped=raw.dropped)
+    if report.missing or report.mismatched:
+        raise CheckpointMismatchError(
+            f"MODEL.TEACHER.WEIGHTS = {weights!r} does not hold the whole teacher "
+            f"({t.CONFIG_FILE}): {len(report.missing)} keys missing, {len(report.mismatched)} "
+            f"mis-shaped (an ImageNet backbone or another architecture?)\n{report.table()}"
+        )
+    teacher.eval()
+    teacher.requires_grad_(False)
+    logger.info("Teacher %s loaded from %s", t.CONFIG_FILE, weights)
+    return teacher
