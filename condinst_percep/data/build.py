@@ -24,7 +24,13 @@ from .samplers import (
     TrainingSampler,
     shared_random_seed,
 )
-from .validation import BadDataError, BadDataReport, check_policy, collect_bad_data
+from .validation import (
+    POLICY_KEY,
+    BadDataError,
+    BadDataReport,
+    check_policy,
+    collect_bad_data,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +152,8 @@ class MapDataset(Dataset):
             except BadDataError as e:
                 error = _naming_the_file(e, record)
                 if self._policy == "error":
-                    raise error from e
+                    hint = f" ({POLICY_KEY} 'skip' would replace this sample and go on)"
+                    raise type(error)(f"{error}{hint}") from e
                 self.num_skipped += 1
                 if not self._replace_bad:
                     logger.warning(f"Skipped: {error} ({self.num_skipped} skipped in this process)")

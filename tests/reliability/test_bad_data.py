@@ -588,3 +588,21 @@ def test_batch_of_very_different_sizes(tmp_path, tiny_cfg):
         h, w = sizes[x["image_id"] - 1]
         assert tuple(x["image"].shape) == (3, *ResizeShortestEdge.get_output_shape(h, w, 24, 64))
         assert (x["height"], x["width"]) == (h, w)
+
+
+def test_replacement_is_independent_of_the_number_of_workers(tmp_path, tiny_cfg):
+    json_file, image_root = write_dataset(tmp_path, valid_dataset())
+    os.remove(os.path.join(image_root, "2.png"))
+    tiny_cfg.DATASETS.TRAIN = (_name(json_file, image_root),)
+    tiny_cfg.DATALOADER.BAD_DATA_POLICY = "skip"
+    runs = []
+    for workers in (0, 2):
+        tiny_cfg.DATALOADER.NUM_WORKERS = workers
+        runs.append([b for _, b in zip(range(4), build_detection_train_loader(tiny_cfg))])
+    for a, b in zip(*runs):
+        assert [x["file_name"] for x in a] == [x["file_name"] for x in b]
+        assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
+    tiny_cfg.DATALOADER.BAD_DATA_POLICY = "error"
+    with pytest.raises(MissingImageError, match="2.png .*'skip' would replace this sample"):
+        for _ in zip(range(4), build_detection_train_loader(tiny_cfg)):
+            pass
