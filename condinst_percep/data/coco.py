@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import os
@@ -19,6 +20,20 @@ from .validation import BadDataReport, active_report
 logger = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Pauses the cyclic garbage collector: a parsed json is millions of acyclic objects, and
+    every collection triggered while building the records would walk all of them (it made
+    loading a 140k-annotation json 2x slower)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_coco_api(
     json_file: str,
     dataset_name: str | None = None,
@@ -30,12 +45,12 @@ def load_coco_api(
     who = f"Dataset '{dataset_name}': " if dataset_name else ""
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"{who}annotation file not found: {json_file}")
-    dataset = read_coco_json(json_file, who)
     report = report if report is not None else BadDataReport("error")
     coco_api = COCO()
-    coco_api.dataset = clean_coco_dataset(dataset, json_file, report, fix_boxes)
     # pycocotools prints progress to stdout; keep it out of the user's console.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _gc_paused(), contextlib.redirect_stdout(io.StringIO()):
+        dataset = read_coco_json(json_file, who)
+        coco_api.dataset = clean_coco_dataset(dataset, json_file, report, fix_boxes)
         coco_api.createIndex()
     return coco_api
 
@@ -61,6 +76,20 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
     own_report = report is None
     if own_report:
         report = BadDataReport("error")
+    with _gc_paused():
+        records = _load_records(json_file, image_root, dataset_name, report)
+    _note_images_without_objects(records, report, json_file)
+    if own_report and report.counts:
+        report.log(logger, f"Bad data in {json_file}")
+    logger.info(
+        f"Loaded {len(records)} images from {json_file} in {time.perf_counter() - start:.2f}s"
+    )
+    return records
+
+
+def _load_records(
+    json_file: str, image_root: str, dataset_name: str | None, report: BadDataReport
+) -> list[dict]:
     coco_api = load_coco_api(json_file, dataset_name, report)
     if not os.path.isdir(image_root):
         who = f"Dataset '{dataset_name}': " if dataset_name else ""
@@ -87,12 +116,6 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
                 "annotations": annotations,
             }
         )
-    _note_images_without_objects(records, report, json_file)
-    if own_report and report.counts:
-        report.log(logger, f"Bad data in {json_file}")
-    logger.info(
-        f"Loaded {len(records)} images from {json_file} in {time.perf_counter() - start:.2f}s"
-    )
     return records
 
 

@@ -606,3 +606,18 @@ def test_replacement_is_independent_of_the_number_of_workers(tmp_path, tiny_cfg)
     with pytest.raises(MissingImageError, match="2.png .*'skip' would replace this sample"):
         for _ in zip(range(4), build_detection_train_loader(tiny_cfg)):
             pass
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_bad_categories_stop_under_both_policies(tmp_path, policy):
+    dataset = valid_dataset()
+    del dataset["categories"][0]["id"]
+    json_file, image_root = write_dataset(tmp_path / "no_id", dataset)
+    with pytest.raises(BadDataError, match=re.escape(
+            f"{json_file}: categories[0] = {{'name': 'a'}} needs an integer 'id' and a string 'name'")):
+        _load(policy, json_file, image_root)
+    dataset = valid_dataset()
+    dataset["categories"][1]["id"] = 1
+    json_file, image_root = write_dataset(tmp_path / "twice", dataset)
+    with pytest.raises(BadDataError, match=f"{re.escape(json_file)}: category id 1 appears twice"):
+        _load(policy, json_file, image_root)
