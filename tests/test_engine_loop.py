@@ -1,16 +1,21 @@
 """The training loop, its hooks and writers on a small regression problem (no CondInst needed)."""
 
+import itertools
 import json
 import logging
+import os
+import signal
 
 import pytest
 import torch
 from torch import nn
 
+from condinst_percep.checkpoint import Checkpointer
 from condinst_percep.engine.hooks import (
     EvalHook,
     IterationTimer,
     LRScheduler,
+    PeriodicCheckpointer,
     PeriodicWriter,
 )
 from condinst_percep.engine.train_loop import SimpleTrainer
@@ -164,3 +169,59 @@ def test_storage_refuses_mixed_smoothing_hints():
         storage.put_scalar("a", 1.0)
         with pytest.raises(ValueError, match="'a'"):
             storage.put_scalar("a", 2.0, smoothing_hint=False)
+
+
+class _SignalAt(_Regressor):
+    """Sends ``signum`` to this process during the forward of call ``at``."""
+
+    def __init__(self, at: int, signum: int) -> None:
+        super().__init__()
+        self.at, self.signum = at, signum
+
+    def forward(self, batch):
+        if self.calls == self.at:
+            os.kill(os.getpid(), self.signum)
+        return super().forward(batch)
+
+
+def _checkpointed_trainer(model, output_dir):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0 / (1 + it))
+    checkpointer = Checkpointer(model, str(output_dir), optimizer=opt, scheduler=sched)
+    trainer = SimpleTrainer(model, _loader(), opt)
+    trainer.register_hooks(
+        [LRScheduler(opt, sched), PeriodicCheckpointer(checkpointer, period=100)]
+    )
+    return trainer, checkpointer
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_finishes_the_iteration_checkpoints_and_exits(tmp_path, signum):
+    torch.manual_seed(0)
+    model = _SignalAt(at=5, signum=signum)
+    trainer, _ = _checkpointed_trainer(model, tmp_path)
+    handler_before = signal.getsignal(signum)
+    with pytest.raises(SystemExit) as info:
+        trainer.train(0, 20)
+    assert info.value.code == 128 + signum
+    assert signal.getsignal(signum) is handler_before  # handlers restored
+    assert trainer.interrupted and not trainer.completed
+    # iteration 5 (whose forward got the signal) completed; 6 never started
+    assert model.calls == 6
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000005.pth"
+    saved = torch.load(tmp_path / "model_0000005.pth", weights_only=False)
+    assert saved["iteration"] == 5
+    assert torch.equal(saved["model"]["linear.weight"], model.linear.weight.detach())
+
+    # resuming from it reproduces the uninterrupted run
+    torch.manual_seed(0)
+    reference = _Regressor()
+    ref_trainer, _ = _checkpointed_trainer(reference, tmp_path / "ref")
+    ref_trainer.train(0, 12)
+
+    resumed_model = _Regressor()  # its initial weights are overwritten by the checkpoint
+    resumed, checkpointer = _checkpointed_trainer(resumed_model, tmp_path)
+    start = checkpointer.resume_or_load("", resume=True)["iteration"] + 1
+    resumed.data_loader = itertools.islice(_loader(), start, None)
+    resumed.train(start, 12)
+    assert torch.allclose(resumed_model.linear.weight, reference.linear.weight, atol=1e-7)

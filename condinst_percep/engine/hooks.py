@@ -83,8 +83,9 @@ class LRScheduler(HookBase):
 
 
 class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
-    """Saves ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` when
-    training completes (main process only; the checkpointer writes atomically)."""
+    """Saves ``model_{iter:07d}.pth`` every ``period`` iterations, ``model_final.pth`` when
+    training completes, and the last completed iteration when a signal stops training (main
+    process only; the checkpointer writes atomically)."""
 
     def before_train(self) -> None:
         self.max_iter = self.trainer.max_iter
@@ -95,8 +96,14 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
             self.step(self.trainer.iter)
 
     def after_train(self) -> None:
-        if self.trainer.completed:
-            self.checkpointer.save(f"{self.file_prefix}_final", iteration=self.trainer.max_iter - 1)
+        trainer = self.trainer
+        if trainer.completed:
+            self.checkpointer.save(f"{self.file_prefix}_final", iteration=trainer.max_iter - 1)
+        elif trainer.interrupted and trainer.iter > trainer.start_iter:
+            # Stopped by a signal before iteration `iter`: the state is that after `iter - 1`,
+            # exactly what a periodic checkpoint there would hold, so --resume continues at `iter`.
+            last = trainer.iter - 1
+            self.checkpointer.save(f"{self.file_prefix}_{last:07d}", iteration=last)
 
 
 class EvalHook(HookBase):

@@ -4,6 +4,8 @@ backward with optional autocast and grad scaling, clipping, optimizer step)."""
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator
@@ -14,7 +16,7 @@ from torch import nn
 from condinst_percep.utils import comm
 from condinst_percep.utils.events import EventStorage, get_event_storage
 
-__all__ = ["HookBase", "TrainerBase", "SimpleTrainer", "AMP_DTYPES"]
+__all__ = ["HookBase", "StopSignals", "TrainerBase", "SimpleTrainer", "AMP_DTYPES"]
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -22,8 +24,9 @@ AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 class HookBase:
     """Called by the trainer at fixed points; ``self.trainer`` is set when registered.
 
-    ``after_train`` also runs when training raises; ``self.trainer.completed`` tells whether
-    the last iteration finished, so final checkpoints and evaluations only happen then.
+    ``after_train`` also runs when training raises or is stopped by a signal;
+    ``self.trainer.completed`` tells whether the last iteration finished (final checkpoints and
+    evaluations only happen then), ``self.trainer.interrupted`` whether a signal stopped it.
     """
 
     trainer: "TrainerBase"
@@ -41,8 +44,47 @@ class HookBase:
         pass
 
 
+class StopSignals:
+    """While active, SIGTERM and SIGINT only request a stop (``signum`` is set); the trainer
+    finishes the current iteration, checkpoints and exits. A second SIGINT interrupts at once.
+
+    Handlers can only be installed from the main thread; elsewhere this does nothing.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        logging.getLogger(__name__).warning(
+            f"Received {signal.Signals(signum).name}: stopping after this iteration and "
+            "writing a checkpoint (press Ctrl-C again to abort at once)"
+        )
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 class TrainerBase:
-    """Runs ``run_step`` for iterations ``[start_iter, max_iter)`` between registered hooks."""
+    """Runs ``run_step`` for iterations ``[start_iter, max_iter)`` between registered hooks.
+
+    After training, ``completed`` tells whether the last iteration ran; ``interrupted`` whether
+    a SIGTERM/SIGINT stopped training early, in which case ``train`` raises ``SystemExit`` with
+    the shell's code for that signal (128 + signum) once the hooks have checkpointed.
+    """
 
     def __init__(self) -> None:
         self._hooks: list[HookBase] = []
@@ -50,6 +92,8 @@ class TrainerBase:
         self.start_iter = 0
         self.max_iter = 0
         self.completed = False
+        self.interrupted = False
+        self.signals = StopSignals()
         self.storage: EventStorage
 
     def register_hooks(self, hooks: Iterable[HookBase | None]) -> None:
@@ -65,21 +109,32 @@ class TrainerBase:
         logger.info(f"Starting training from iteration {start_iter}")
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
-        self.completed = False
-        with EventStorage(start_iter) as self.storage:
+        self.completed = self.interrupted = False
+        self.signals = StopSignals()
+        with EventStorage(start_iter) as self.storage, self.signals:
             try:
                 self.before_train()
                 for self.iter in range(start_iter, max_iter):
                     self.before_step()
                     self.run_step()
+                    if self.interrupted:
+                        break
                     self.after_step()
-                self.iter += 1
-                self.completed = True
+                else:
+                    self.iter += 1
+                    self.completed = True
             except Exception:
                 logger.exception(f"Exception during training at iteration {self.iter}:")
                 raise
             finally:
                 self.after_train()
+        if self.interrupted:
+            logger.warning(f"Training stopped by a signal before iteration {self.iter}")
+            raise SystemExit(128 + (self.signals.signum or signal.SIGTERM))
+
+    def stop_requested(self) -> bool:
+        """Whether a stop signal was received (by any process, in subclasses that agree)."""
+        return self.signals.signum is not None
 
     def before_train(self) -> None:
         for h in self._hooks:
@@ -150,8 +205,20 @@ class SimpleTrainer(TrainerBase):
             self._data_loader_iter = iter(self.data_loader)
         return self._data_loader_iter
 
+    def stop_requested(self) -> bool:
+        # All processes must stop at the same iteration, or the others would wait forever in
+        # the next collective: agree on the flag before touching the data.
+        local = super().stop_requested()
+        if comm.get_world_size() == 1:
+            return local
+        device = next(self.model.parameters()).device
+        return bool(comm.reduce_mean(torch.tensor([float(local)], device=device)).item() > 0)
+
     def run_step(self) -> None:
         assert self.model.training, "SimpleTrainer: the model was switched to eval mode"
+        if self.stop_requested():
+            self.interrupted = True
+            return
         start = time.perf_counter()
         data = next(self.data_loader_iter)
         data_time = time.perf_counter() - start
