@@ -141,7 +141,7 @@ def _segmentation_defect(segm, height: int, width: int) -> tuple[str, str] | Non
                 return "polygon that is not a list of finite numbers", f": {str(polygon)[:80]}"
         return None
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
-        if list(segm["size"]) != [height, width]:
+        if segm["size"] != [height, width]:
             return (
                 "RLE size differs from the image size",
                 f": RLE size {segm['size']}, image [height, width] = {[height, width]}",

@@ -588,6 +588,10 @@ def test_batch_of_very_different_sizes(tmp_path, tiny_cfg):
         h, w = sizes[x["image_id"] - 1]
         assert tuple(x["image"].shape) == (3, *ResizeShortestEdge.get_output_shape(h, w, 24, 64))
         assert (x["height"], x["width"]) == (h, w)
+    # Without test resizing, images smaller than the largest FPN stride reach the model as they are.
+    tiny_cfg.INPUT.MIN_SIZE_TEST = 0
+    shapes = [tuple(b[0]["image"].shape[1:]) for b in build_detection_test_loader(tiny_cfg, name)]
+    assert shapes == sizes
 
 
 def test_replacement_is_independent_of_the_number_of_workers(tmp_path, tiny_cfg):
