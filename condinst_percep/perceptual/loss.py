@@ -1,4 +1,5 @@
 """The generic perceptual loss: squared distance of frozen random-network embeddings."""
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -6,11 +7,14 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .crop import gather_windows, plan_crops, scatter_windows
+from .inputs import check_inputs
 from .random_net import VGG_STRUCTURES, VGG_WIDTHS, RandomPerceptualNet
 
 __all__ = ["PerceptualLoss"]
 
 REDUCTIONS = ("mean", "none")
+AUTOCAST_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16)
 
 
 class _InjectGrad(torch.autograd.Function):
@@ -49,9 +53,25 @@ class PerceptualLoss(nn.Module):
         chunk_size: if set, instances are embedded ``chunk_size`` at a time and each chunk's
             input gradient is computed before the next chunk runs, so peak memory is one
             chunk's; value and gradient equal the unchunked computation. The result is then
-            differentiable once (no double backward).
+            differentiable once (no double backward). With crops, a chunk holds as many
+            crops as fit in ``chunk_size`` full maps' pixels.
+        crop_margin: opt-in crop-to-box (see :mod:`.crop`): ``forward`` then needs ``boxes``
+            and embeds each instance inside its box grown by ``crop_margin`` pixels, aligned to
+            the pooling grid, batched by bucketed window size, normalised by the full map's
+            element counts. Needs a network with zero biases (φ(0) = 0, e.g.
+            :class:`RandomPerceptualNet` with random weights) and inputs that are 0 outside the
+            boxes (probabilities): then the value and gradient equal the uncropped ones.
+            ``crop_margin`` must be ≥ ``net.support_radius(l)`` for the deepest compared block
+            l (half the receptive field less half its stride), unless ``crop_approximate``.
+        crop_approximate: allow a ``crop_margin`` below that bound (a different loss).
+        autocast_dtype: precision of the loss network alone: None follows the caller's
+            autocast; ``torch.bfloat16`` / ``torch.float16`` run it under autocast in that
+            dtype; ``torch.float32`` runs it in float32 even inside the caller's autocast. The
+            squared differences and reductions are float32 in every case.
+        channels_last: feed the network channels_last inputs (same values; faster convolutions
+            on many backends).
 
-    ``forward(pred, target, reduction="mean", target_index=None)``:
+    ``forward(pred, target, reduction="mean", target_index=None, boxes=None)``:
         pred: (n, C, H, W) float — probabilities (after sigmoid/softmax) or a regression map
             such as depth, not logits: the network is positively homogeneous, so the loss
             scales with the square of the input scale.
@@ -61,6 +81,11 @@ class PerceptualLoss(nn.Module):
             multiplied by ``loss_weight``). float32 (float64 for a float64 network).
         target_index: optional (n,) integer tensor; instance i is compared with
             ``target[target_index[i]]``, and each of the G targets is embedded once.
+        boxes: (n, 4) float XYXY in pixels of the (H, W) maps, required with ``crop_margin``
+            (refused without). With ``target_index`` the targets are embedded whole and their
+            features cut to the window, and the target energy outside the window is added
+            back: the value is then exact whenever ``pred`` is 0 outside the box, whatever the
+            target. Planning the windows copies ``boxes`` to the host (one synchronisation).
     With no instances the mean is 0 (still connected to ``pred``'s graph). The squared
     differences and their reduction are computed in float32, also under autocast.
     """
@@ -71,6 +96,10 @@ class PerceptualLoss(nn.Module):
         layer_weights: Sequence[float] | None = None,
         loss_weight: float = 1.0,
         chunk_size: int | None = None,
+        crop_margin: int | None = None,
+        crop_approximate: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         if not isinstance(net, nn.Module) or not all(
@@ -101,11 +130,51 @@ class PerceptualLoss(nn.Module):
             not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0
         ):
             raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        if autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(
+                f"autocast_dtype must be one of {AUTOCAST_DTYPES}, got {autocast_dtype!r}"
+            )
+        flags = (("crop_approximate", crop_approximate), ("channels_last", channels_last))
+        for name, flag in flags:
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
         self.net = net
         self.layer_weights = tuple(float(w) for w in layer_weights)
         self.loss_weight = float(loss_weight)
         self.chunk_size = chunk_size
         self._levels = [i for i, w in enumerate(self.layer_weights) if w > 0]
+        self.autocast_dtype = autocast_dtype
+        self.channels_last = channels_last
+        self.crop_margin = crop_margin
+        self.crop_approximate = crop_approximate
+        if crop_margin is not None:
+            self._check_crop(crop_margin, crop_approximate)
+        # Crop windows start on this grid so that pooled cells coincide with the full map's.
+        self.crop_grid = 2 ** (self._levels[-1] + 1)
+
+    def _check_crop(self, margin, approximate: bool) -> None:
+        if not isinstance(margin, int) or isinstance(margin, bool) or margin < 0:
+            raise ValueError(f"crop_margin must be None or an int >= 0, got {margin!r}")
+        net = self.net
+        if not all(hasattr(net, a) for a in ("support_radius", "maps_zero_to_zero", "widths")):
+            raise ValueError(
+                f"crop_margin needs a network that reports its receptive field and biases "
+                f"(RandomPerceptualNet), got {type(net).__name__}"
+            )
+        if not net.maps_zero_to_zero():
+            raise ValueError(
+                "crop_margin needs a loss network that maps 0 to 0 (zero biases); this one has "
+                "non-zero biases (e.g. the pretrained 'T' variant), so features outside the "
+                "boxes would not vanish"
+            )
+        need = net.support_radius(self._levels[-1])
+        if margin < need and not approximate:
+            raise ValueError(
+                f"crop_margin={margin} is below the support radius {need} px of block "
+                f"{self._levels[-1]} (receptive field {net.receptive_field(self._levels[-1])} "
+                "px): the cropped loss would differ from the full one; use crop_margin >= "
+                f"{need}, or crop_approximate=True to accept the difference"
+            )
 
     @classmethod
     def from_config(cls, cfg, in_channels: int = 1) -> dict:
@@ -152,133 +221,165 @@ class PerceptualLoss(nn.Module):
         target: torch.Tensor,
         reduction: str = "mean",
         target_index: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        self._check_inputs(pred, target, target_index)
+        if (boxes is None) != (self.crop_margin is None):
+            raise ValueError(
+                "boxes are required with crop_margin and refused without it: got "
+                f"crop_margin={self.crop_margin!r} and boxes "
+                + ("None" if boxes is None else f"of shape {tuple(boxes.shape)}")
+            )
+        host_boxes = check_inputs(self.net, pred, target, target_index, boxes)
         n = pred.shape[0]
         if n == 0:
             zero = pred.sum(dim=(1, 2, 3)).float() * 0.0
             return zero.sum() if reduction == "mean" else zero
 
-        chunk = self.chunk_size or n
-        target_feats = None
-        if target_index is not None:
-            starts = range(0, len(target), chunk)
-            unique = [self._embed_target(target[s : s + chunk]) for s in starts]
-            target_feats = [torch.cat(level) for level in zip(*unique)]
         grad_needed = pred.requires_grad and torch.is_grad_enabled()
         chunked_grad = self.chunk_size is not None and grad_needed
-
-        values, grads = [], []
-        for start in range(0, n, chunk):
-            end = min(start + chunk, n)
-            if target_feats is None:
-                feats = self._embed_target(target[start:end])
-            else:
-                feats = [f[target_index[start:end]] for f in target_feats]
+        counts = None if host_boxes is None else self._full_counts(pred.shape[2:])
+        context, fp16 = self._precision(pred.device.type)
+        with context:
+            target_feats = energies = None
+            if target_index is not None:
+                chunk = self.chunk_size or len(target)
+                starts = range(0, len(target), chunk)
+                parts = [self._embed_target(target[s : s + chunk]) for s in starts]
+                target_feats = [torch.cat(level) for level in zip(*parts)]
+                if host_boxes is not None:
+                    energies = [f.double().square().flatten(1).sum(1) for f in target_feats]
             if chunked_grad:
-                leaf = pred[start:end].detach().requires_grad_(True)
-                with torch.enable_grad():
-                    v = self._distance(leaf, feats)
-                values.append(v.detach())
-                grads.append(_input_grad(v, leaf))
-            else:
-                values.append(self._distance(pred[start:end], feats))
+                acc = torch.promote_types(pred.dtype, torch.float32)
+                grad = torch.zeros(pred.shape, dtype=acc, device=pred.device)
+            values, order = [], []
+            for sel, window in self._work_items(n, pred.shape[2:], host_boxes, pred.device):
+                p = pred[sel] if window is None else gather_windows(pred, sel, *window)
+                feats, outside = self._targets_for(
+                    target, target_index, target_feats, energies, sel, window, counts
+                )
+                if chunked_grad:
+                    leaf = p.detach().requires_grad_(True)
+                    with torch.enable_grad():
+                        v = self._distance(leaf, feats, counts)
+                    g = _input_grad(v, leaf, fp16)
+                    if window is None:
+                        grad[sel] = g
+                    else:
+                        scatter_windows(grad, g, sel, *window)
+                    v = v.detach()
+                else:
+                    v = self._distance(p, feats, counts)
+                values.append(v if outside is None else v + outside.to(v.dtype))
+                order.append(sel)
         per_instance = torch.cat(values)
+        if host_boxes is not None:
+            per_instance = per_instance[torch.argsort(torch.cat(order))]
         if chunked_grad:
-            per_instance = _InjectGrad.apply(pred, per_instance, torch.cat(grads))
+            per_instance = _InjectGrad.apply(pred, per_instance, grad)
         per_instance = per_instance * self.loss_weight
         return per_instance.mean() if reduction == "mean" else per_instance
 
+    def _precision(self, device_type: str):
+        """(context for the network's forwards, whether they run in float16)."""
+        dtype = self.autocast_dtype
+        if dtype is None:
+            enabled = torch.is_autocast_enabled(device_type)
+            fp16 = enabled and torch.get_autocast_dtype(device_type) == torch.float16
+            return contextlib.nullcontext(), fp16
+        if dtype == torch.float32:
+            return torch.autocast(device_type, enabled=False), False
+        return torch.autocast(device_type, dtype=dtype), dtype == torch.float16
+
+    def _work_items(self, n: int, size, host_boxes, device):
+        """(selection, window) per chunk: a slice of instances and no window, or (k,) instance
+        indices and their (top, left, height, width) crop windows of one bucket."""
+        if host_boxes is None:
+            chunk = self.chunk_size or n
+            for start in range(0, n, chunk):
+                yield slice(start, min(start + chunk, n)), None
+            return
+        area = size[0] * size[1]
+        for g in plan_crops(host_boxes, tuple(size), self.crop_margin, self.crop_grid, device):
+            k = len(g.index)
+            per = k
+            if self.chunk_size is not None:
+                per = max(1, self.chunk_size * area // (g.height * g.width))
+            for s in range(0, k, per):
+                window = (g.top[s : s + per], g.left[s : s + per], g.height, g.width)
+                yield g.index[s : s + per], window
+
+    def _targets_for(self, target, target_index, target_feats, energies, sel, window, counts):
+        """Target features of one work item, and (with crops of shared targets) the weighted,
+        normalised target energy outside each window, (k,) float64, else None."""
+        if target_feats is None:
+            t = target[sel] if window is None else gather_windows(target, sel, *window)
+            return self._embed_target(t), None
+        index = target_index[sel]
+        if window is None:
+            return [f[index] for f in target_feats], None
+        top, left, height, width = window
+        feats, outside = [], 0.0
+        for level, f, energy, count in zip(self._levels, target_feats, energies, counts):
+            cell = 2 ** (level + 1)
+            cut = gather_windows(
+                f, index, top // cell, left // cell, -(-height // cell), -(-width // cell)
+            )
+            inside = cut.double().square().flatten(1).sum(1)
+            outside = outside + self.layer_weights[level] * (energy[index] - inside) / count
+            feats.append(cut)
+        return feats, outside
+
+    def _full_counts(self, size) -> list[int]:
+        """Elements per instance of each compared block output of the full (H, W) map."""
+        h, w = size
+        return [
+            self.net.widths[level] * -(-h // 2 ** (level + 1)) * -(-w // 2 ** (level + 1))
+            for level in self._levels
+        ]
+
+    def _embed(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
     def _embed_target(self, target: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
-            feats = self.net(target)
+            feats = self._embed(target)
         return [feats[i] for i in self._levels]
 
-    def _distance(self, pred: torch.Tensor, target_feats: list[torch.Tensor]) -> torch.Tensor:
-        """(n,): Σ_l w_l · mean over C·H·W of the squared embedding difference.
+    def _distance(
+        self, pred: torch.Tensor, target_feats: list[torch.Tensor], counts: list[int] | None
+    ) -> torch.Tensor:
+        """(n,): Σ_l w_l · (sum of squared embedding differences) / (elements per instance of
+        block l, the full map's when ``counts`` are given for crops).
 
         Accumulated in float32, or float64 for a float64 network: never in bf16/fp16.
         """
-        feats = self.net(pred)
+        feats = self._embed(pred)
         total = None
-        for level, t in zip(self._levels, target_feats):
+        for i, (level, t) in enumerate(zip(self._levels, target_feats)):
             acc = torch.promote_types(feats[level].dtype, torch.float32)
             diff = feats[level].to(acc) - t.to(acc)
-            term = self.layer_weights[level] * diff.square().flatten(1).mean(dim=1)
+            if counts is None:
+                term = self.layer_weights[level] * diff.square().flatten(1).mean(dim=1)
+            else:
+                term = self.layer_weights[level] / counts[i] * diff.square().flatten(1).sum(1)
             total = term if total is None else total + term
         return total
 
-    def _check_inputs(
-        self, pred: torch.Tensor, target: torch.Tensor, target_index: torch.Tensor | None
-    ) -> None:
-        for name, x in (("pred", pred), ("target", target)):
-            if not isinstance(x, torch.Tensor) or x.dim() != 4:
-                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                raise ValueError(f"{name} must be a 4-D (n, C, H, W) tensor, got {shape}")
-            if x.shape[1] != self.net.in_channels:
-                raise ValueError(
-                    f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}), the loss "
-                    f"network takes in_channels={self.net.in_channels}"
-                )
-            device = getattr(self.net, "device", x.device)
-            if x.device != device:
-                raise ValueError(
-                    f"{name} is on {x.device} but the loss network is on {device}; move the "
-                    "network with .to() (the parent model's .to() does it)"
-                )
-        if target_index is None:
-            if target.shape != pred.shape:
-                raise ValueError(
-                    f"pred and target must have the same shape, got pred {tuple(pred.shape)} "
-                    f"and target {tuple(target.shape)}"
-                )
-        else:
-            if target.shape[1:] != pred.shape[1:]:
-                raise ValueError(
-                    f"target maps must have pred's (C, H, W) {tuple(pred.shape[1:])}, got target "
-                    f"{tuple(target.shape)}"
-                )
-            if (
-                not isinstance(target_index, torch.Tensor)
-                or target_index.dim() != 1
-                or target_index.dtype.is_floating_point
-                or target_index.dtype in (torch.bool, torch.complex64, torch.complex128)
-                or len(target_index) != len(pred)
-            ):
-                desc = (
-                    f"{target_index.dtype} tensor of shape {tuple(target_index.shape)}"
-                    if isinstance(target_index, torch.Tensor)
-                    else type(target_index).__name__
-                )
-                raise ValueError(
-                    f"target_index must be an integer tensor of shape ({len(pred)},), got {desc}"
-                )
-            if len(target_index) and (
-                int(target_index.min()) < 0 or int(target_index.max()) >= len(target)
-            ):
-                raise ValueError(
-                    f"target_index values must lie in [0, {len(target)}) for {len(target)} "
-                    f"target maps, got min {int(target_index.min())}, max {int(target_index.max())}"
-                )
-        finite = torch.stack([torch.isfinite(pred).all(), torch.isfinite(target).all()]).tolist()
-        for name, ok in zip(("pred", "target"), finite):
-            if not ok:
-                raise ValueError(f"{name} holds non-finite values (NaN or inf)")
 
-
-def _input_grad(values: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+def _input_grad(values: torch.Tensor, leaf: torch.Tensor, fp16: bool) -> torch.Tensor:
     """∂(Σ values)/∂leaf in at least float32 (each value depends on its own instance only).
 
-    Under fp16 autocast the backward through the network is scaled like a GradScaler would
+    When the network ran in float16 the backward through it is scaled like a GradScaler would
     scale it (the trainer's scaler cannot reach this inner backward), so small activation
     gradients do not underflow; a scale that overflows is halved in steps of 2^8.
     """
     acc = torch.promote_types(leaf.dtype, torch.float32)
-    device = leaf.device.type
-    fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
     if not fp16:
+
         (grad,) = torch.autograd.grad(values.sum(), leaf)
         return grad.to(acc)
     for scale in (2.0**16, 2.0**8, 1.0):

@@ -165,6 +165,32 @@ class RandomPerceptualNet(nn.Module):
     def device(self) -> torch.device:
         return self.blocks[0][0].weight.device
 
+    def support_radius(self, level: int) -> int:
+        """How far (input pixels) an input pixel reaches beyond the cell of block ``level``.
+
+        The output of block ``level`` at grid cell q (stride J = 2^(level+1)) depends on input
+        pixels [q·J − r, q·J + J − 1 + r] with r returned here: each k×k convolution adds
+        (k // 2) times the stride of its input. The receptive field is 2·r + J.
+        """
+        if not isinstance(level, int) or not 0 <= level < self.num_blocks:
+            raise ValueError(f"level must be an int in [0, {self.num_blocks}), got {level!r}")
+        radius, stride = 0, 1
+        for num_convs in self.structure[: level + 1]:
+            radius += num_convs * (self.kernel_size // 2) * stride
+            stride *= 2
+        return radius
+
+    def receptive_field(self, level: int) -> int:
+        """Receptive field (input pixels, per axis) of one output cell of block ``level``."""
+        return 2 * self.support_radius(level) + 2 ** (level + 1)
+
+    def maps_zero_to_zero(self) -> bool:
+        """True when every bias is 0, so a zero input gives zero features (φ(0) = 0)."""
+        convs = [conv for block in self.blocks for conv in block]
+        if self.input_proj is not None:
+            convs.append(self.input_proj)
+        return all(not bool(conv.bias.any()) for conv in convs)
+
     @classmethod
     def from_torchvision_vgg(
         cls, path: str | os.PathLike, in_channels: int, arch: str = "vgg19", seed: int = 0
