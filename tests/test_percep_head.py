@@ -299,3 +299,23 @@ def test_missing_or_partial_teacher_weights_fail_loudly(tmp_path, teacher_files)
     torch.save({"model": {k: v for k, v in state.items() if k.startswith("backbone.")}}, partial)
     with pytest.raises(CheckpointMismatchError, match="does not hold the whole teacher"):
         build_model(tiny_percep_cfg("teacher", config_file, str(partial)))
+
+
+def test_pretrained_vgg_variant_is_built_from_a_torchvision_file(tmp_path):
+    """The paper's "T" variant: torchvision VGG11 features behind a 1×1 projection."""
+    gen = torch.Generator().manual_seed(0)
+    state, index, c_in = {}, 0, 3
+    for num_convs, width in zip((1, 1, 2, 2, 2), (64, 128, 256, 512, 512)):
+        for _ in range(num_convs):
+            state[f"features.{index}.weight"] = torch.randn(width, c_in, 3, 3, generator=gen) * 0.01
+            state[f"features.{index}.bias"] = torch.zeros(width)
+            index, c_in = index + 2, width
+        index += 1
+    path = tmp_path / "vgg11.pth"
+    torch.save(state, path)
+    cfg = tiny_percep_cfg("gt")
+    cfg.MODEL.PERCEP.STRUCTURE, cfg.MODEL.PERCEP.WIDTHS = (1, 1, 2, 2, 2), (64, 128, 256, 512, 512)
+    cfg.MODEL.PERCEP.PRETRAINED_VGG = str(path)
+    net = PercepMaskHead(**PercepMaskHead.from_config(cfg)).percep_loss.net
+    assert net.init == "torchvision:vgg11" and net.in_channels == 1
+    assert torch.equal(net.blocks[4][1].weight, state["features.18.weight"])

@@ -61,13 +61,20 @@ class PercepMaskHead(DynamicMaskHead):
         self.target = target
         # Stored in __dict__, bypassing nn.Module registration (see the class docstring).
         self.__dict__["percep_loss"] = percep_loss.requires_grad_(False)
-        self.__dict__["teacher"] = teacher.eval().requires_grad_(False) if teacher else None
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+        self.__dict__["teacher"] = teacher
 
     @classmethod
     def from_config(cls, cfg) -> dict:
         p = cfg.MODEL.PERCEP
         if p.PRETRAINED_VGG:
-            arch = next(a for a, s in VGG_STRUCTURES.items() if s == tuple(p.STRUCTURE))
+            arch = {s: a for a, s in VGG_STRUCTURES.items()}.get(tuple(p.STRUCTURE))
+            if arch is None:
+                raise ValueError(
+                    f"MODEL.PERCEP.PRETRAINED_VGG needs a VGG STRUCTURE {VGG_STRUCTURES}, got "
+                    f"{tuple(p.STRUCTURE)}"
+                )
             net = RandomPerceptualNet.from_torchvision_vgg(
                 p.PRETRAINED_VGG, in_channels=1, arch=arch, seed=p.SEED
             )
