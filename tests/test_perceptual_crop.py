@@ -243,3 +243,27 @@ def test_forward_errors_for_boxes():
     bad[2, 1] = float("nan")
     with pytest.raises(ValueError, match="boxes hold non-finite"):
         loss(pred, target, boxes=bad)
+
+
+def test_from_config_speed_keys():
+    from condinst_percep.config import get_cfg
+
+    cfg = get_cfg()
+    kwargs = PerceptualLoss.from_config(cfg)
+    assert kwargs["crop_margin"] is None and kwargs["autocast_dtype"] is None
+    assert kwargs["channels_last"] is False and kwargs["crop_approximate"] is False
+    cfg.MODEL.PERCEP.STRUCTURE = (1, 1, 1, 1, 1)
+    cfg.MODEL.PERCEP.CROP_MARGIN = 31
+    cfg.MODEL.PERCEP.CROP_APPROXIMATE = False
+    cfg.MODEL.PERCEP.AUTOCAST = "bfloat16"
+    cfg.MODEL.PERCEP.CHANNELS_LAST = True
+    loss = PerceptualLoss(**PerceptualLoss.from_config(cfg))
+    assert (loss.crop_margin, loss.autocast_dtype, loss.channels_last) == (
+        31, torch.bfloat16, True
+    )
+    cfg.MODEL.PERCEP.CROP_MARGIN = 30
+    with pytest.raises(ValueError, match="crop_margin=30 is below the support radius 31"):
+        PerceptualLoss(**PerceptualLoss.from_config(cfg))
+    cfg.MODEL.PERCEP.AUTOCAST = "bf16"
+    with pytest.raises(ValueError, match="MODEL.PERCEP.AUTOCAST.*'bf16'"):
+        PerceptualLoss.from_config(cfg)

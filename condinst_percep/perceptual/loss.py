@@ -5,8 +5,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
+from .chunked_grad import InjectGrad, input_grad
 from .crop import gather_windows, plan_crops, scatter_windows
 from .inputs import check_inputs
 from .random_net import VGG_STRUCTURES, VGG_WIDTHS, RandomPerceptualNet
@@ -15,29 +15,6 @@ __all__ = ["PerceptualLoss"]
 
 REDUCTIONS = ("mean", "none")
 AUTOCAST_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16)
-
-
-class _InjectGrad(torch.autograd.Function):
-    """Per-instance values whose input gradient was already computed, chunk by chunk.
-
-    ``values[i]`` depends on ``pred[i]`` alone, so the vector-Jacobian product for an upstream
-    gradient ``u`` is ``u[i] * grads[i]``: the same as back-propagating through the network.
-    ``grads`` are kept in at least float32 so that a GradScaler's factor in ``u`` is applied
-    before rounding to ``pred``'s dtype.
-    """
-
-    @staticmethod
-    def forward(ctx, pred: torch.Tensor, values: torch.Tensor, grads: torch.Tensor):
-        ctx.save_for_backward(grads)
-        ctx.pred_dtype = pred.dtype
-        return values.clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_values: torch.Tensor):
-        (grads,) = ctx.saved_tensors
-        scale = grad_values.reshape((-1,) + (1,) * (grads.dim() - 1))
-        return (scale * grads).to(ctx.pred_dtype), None, None
 
 
 class PerceptualLoss(nn.Module):
@@ -183,7 +160,10 @@ class PerceptualLoss(nn.Module):
         ``PRETRAINED_VGG`` set: the "T" variant from that file, ``STRUCTURE`` naming the VGG
         (``WIDTHS``/``KERNEL_SIZE`` must be VGG's, ``INIT`` does not apply); otherwise the random
         network. ``INIT_SCALE`` 0 means none, ``LAYER_WEIGHTS`` empty the final block alone,
-        ``CHUNK_SIZE`` 0 all instances at once. Usage: ``PerceptualLoss(**from_config(cfg))``.
+        ``CHUNK_SIZE`` 0 all instances at once, ``CROP_MARGIN`` < 0 no crop (with
+        ``CROP_APPROXIMATE``), ``AUTOCAST`` "" the caller's precision or "float32" /
+        "bfloat16" / "float16", ``CHANNELS_LAST`` a bool.
+        Usage: ``PerceptualLoss(**from_config(cfg))``.
         """
         p = cfg.MODEL.PERCEP
         structure = tuple(p.STRUCTURE)
@@ -213,6 +193,11 @@ class PerceptualLoss(nn.Module):
             "layer_weights": tuple(p.LAYER_WEIGHTS) or None,
             "loss_weight": p.LOSS_WEIGHT,
             "chunk_size": p.CHUNK_SIZE or None,
+            # Speed options; absent keys (configs from before them) mean "off".
+            "crop_margin": None if p.get("CROP_MARGIN", -1) < 0 else p.CROP_MARGIN,
+            "crop_approximate": p.get("CROP_APPROXIMATE", False),
+            "autocast_dtype": _autocast_dtype(p.get("AUTOCAST", "")),
+            "channels_last": p.get("CHANNELS_LAST", False),
         }
 
     def forward(
@@ -263,7 +248,7 @@ class PerceptualLoss(nn.Module):
                     leaf = p.detach().requires_grad_(True)
                     with torch.enable_grad():
                         v = self._distance(leaf, feats, counts)
-                    g = _input_grad(v, leaf, fp16)
+                    g = input_grad(v, leaf, fp16)
                     if window is None:
                         grad[sel] = g
                     else:
@@ -277,7 +262,7 @@ class PerceptualLoss(nn.Module):
         if host_boxes is not None:
             per_instance = per_instance[torch.argsort(torch.cat(order))]
         if chunked_grad:
-            per_instance = _InjectGrad.apply(pred, per_instance, grad)
+            per_instance = InjectGrad.apply(pred, per_instance, grad)
         per_instance = per_instance * self.loss_weight
         return per_instance.mean() if reduction == "mean" else per_instance
 
@@ -370,27 +355,13 @@ class PerceptualLoss(nn.Module):
         return total
 
 
-def _input_grad(values: torch.Tensor, leaf: torch.Tensor, fp16: bool) -> torch.Tensor:
-    """∂(Σ values)/∂leaf in at least float32 (each value depends on its own instance only).
-
-    When the network ran in float16 the backward through it is scaled like a GradScaler would
-    scale it (the trainer's scaler cannot reach this inner backward), so small activation
-    gradients do not underflow; a scale that overflows is halved in steps of 2^8.
-    """
-    acc = torch.promote_types(leaf.dtype, torch.float32)
-    if not fp16:
-
-        (grad,) = torch.autograd.grad(values.sum(), leaf)
-        return grad.to(acc)
-    for scale in (2.0**16, 2.0**8, 1.0):
-        (grad,) = torch.autograd.grad(values.sum() * scale, leaf, retain_graph=scale > 1)
-        grad = grad.to(acc) / scale
-        if bool(torch.isfinite(grad).all()):
-            return grad
-    raise FloatingPointError(
-        "the perceptual loss's input gradient is not finite under fp16 autocast even without "
-        "scaling; use bf16 autocast"
-    )
+def _autocast_dtype(name: str) -> torch.dtype | None:
+    names = {
+        "": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16
+    }
+    if name not in names:
+        raise ValueError(f"MODEL.PERCEP.AUTOCAST must be one of {tuple(names)}, got {name!r}")
+    return names[name]
 
 
 def _is_number(x) -> bool:
