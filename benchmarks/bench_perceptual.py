@@ -81,6 +81,24 @@ def _proc_status_bytes(field: str) -> int:
     return int(line.split()[1]) * 1024
 
 
+def peak_bytes(step, device: torch.device) -> int:
+    """Peak memory of one ``step()`` above the memory in use before it (see the module doc)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    step()  # warm-up: allocator caches and lazily built state are not part of the peak
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+    before = _proc_status_bytes("VmRSS")
+    step()
+    return _proc_status_bytes("VmHWM") - before
+
+
 class Case:
     def __init__(self, structure, size, n, mode, chunk_size, device):
         self.structure, self.size, self.n, self.mode = structure, size, n, mode
@@ -103,23 +121,6 @@ class Case:
                             enabled=self.autocast_dtype is not None):
             value = self.loss(torch.sigmoid(self.logits), self.target)
         value.backward()
-
-    def cuda_peak_bytes(self) -> int:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        self.step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-
-    def cpu_peak_bytes(self) -> int:
-        self.step()
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident size
-        before = _proc_status_bytes("VmRSS")
-        self.step()
-        return _proc_status_bytes("VmHWM") - before
 
     def time_step(self) -> None:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
@@ -180,10 +181,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
 
     for case in cases:
-        if args.device == "cuda":
-            case.peak_bytes = case.cuda_peak_bytes()
-        else:
-            case.peak_bytes = case.cpu_peak_bytes()
+        case.peak_bytes = peak_bytes(case.step, case.device)
     for _ in range(args.warmup):
         for case in cases:
             case.time_step()
