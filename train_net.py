@@ -16,9 +16,7 @@ from typing import Any
 from condinst_percep.checkpoint import Checkpointer
 from condinst_percep.config import get_cfg
 from condinst_percep.engine import Trainer, default_argument_parser, default_setup, launch
-from condinst_percep.evaluation import print_csv_format
 from condinst_percep.modeling import build_model
-from condinst_percep.utils import comm
 
 
 def setup(args):
@@ -46,10 +44,7 @@ def main(args) -> dict[str, Any]:
                 f"a last_checkpoint in OUTPUT_DIR ({cfg.OUTPUT_DIR})"
             )
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
-        results = Trainer.test(cfg, model)
-        if comm.is_main_process() and results:
-            print_csv_format(results)
-        return results
+        return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

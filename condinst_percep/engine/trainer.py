@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from condinst_percep.checkpoint import Checkpointer
 from condinst_percep.config import validate_cfg
 from condinst_percep.data import build_detection_test_loader, build_detection_train_loader
-from condinst_percep.evaluation import COCOEvaluator, inference_on_dataset
+from condinst_percep.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 from condinst_percep.modeling import build_model
 from condinst_percep.utils import comm
 from condinst_percep.utils.events import (
@@ -200,6 +200,9 @@ class Trainer(SimpleTrainer):
             data_loader = build_detection_test_loader(cfg, name)
             evaluator = COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name))
             results[name] = inference_on_dataset(model, data_loader, evaluator)
+            if comm.is_main_process():
+                logger.info(f"Evaluation results for {name} in csv format:")
+                print_csv_format(results[name])
         if len(results) == 1:
             return next(iter(results.values()))
         return dict(results)
