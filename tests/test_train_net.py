@@ -243,3 +243,40 @@ def test_visualize_tool_draws_the_trained_model(trained, shapes, tmp_path):
     assert len(visualize.main(common + ["--dataset", shapes["val"], "--num", "2"] + opts)) == 2
     with pytest.raises(FileNotFoundError, match="matches no file"):
         visualize.main(common + ["--input", str(tmp_path / "none*.jpg")] + opts)
+
+
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(shapes, tmp_path):
+    import signal
+
+    # 80 iterations left after the signal: the run cannot finish before it arrives
+    max_iter = 100
+    opts = tiny_opts(shapes, tmp_path / "killed", **{"SOLVER.MAX_ITER": max_iter, "SOLVER.STEPS": "(70,)",
+                                                      "SOLVER.CHECKPOINT_PERIOD": 1000, "DATASETS.TEST": "()"})
+    cmd = [sys.executable, os.path.join(REPO, "train_net.py"),
+           "--config-file", os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml")] + opts
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        for line in proc.stdout:  # the console line of iteration 19: training is under way
+            if "iter: 19" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
+    killed = tmp_path / "killed"
+    name = (killed / "last_checkpoint").read_text()
+    stopped_after = torch.load(killed / name, weights_only=False)["iteration"]
+    assert 19 <= stopped_after < max_iter - 1 and name == f"model_{stopped_after:07d}.pth"
+    assert not (killed / "model_final.pth").exists()
+
+    run_main(["--resume"] + opts)
+    assert f"Starting training from iteration {stopped_after + 1}" in (killed / "log.txt").read_text()
+    straight = tmp_path / "straight"
+    run_main(tiny_opts(shapes, straight, **{"SOLVER.MAX_ITER": max_iter, "SOLVER.STEPS": "(70,)",
+                                            "SOLVER.CHECKPOINT_PERIOD": 1000, "DATASETS.TEST": "()"}))
+    resumed = torch.load(killed / "model_final.pth", weights_only=False)["model"]
+    reference = torch.load(straight / "model_final.pth", weights_only=False)["model"]
+    for key, value in reference.items():
+        torch.testing.assert_close(resumed[key], value, rtol=1e-4, atol=1e-6, msg=key)
