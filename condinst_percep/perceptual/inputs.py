@@ -2,7 +2,19 @@
 import torch
 from torch import nn
 
-__all__ = ["check_inputs"]
+__all__ = ["check_inputs", "check_map"]
+
+
+def check_map(name: str, x, in_channels: int) -> None:
+    """Raises ValueError unless ``x`` is a 4-D (N, C, H, W) tensor with ``in_channels`` C."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a 4-D (N, C, H, W) tensor, got {shape}")
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}), the loss network "
+            f"takes in_channels={in_channels}"
+        )
 
 
 def check_inputs(
@@ -20,14 +32,7 @@ def check_inputs(
     one synchronisation per call on a GPU instead of one per check.
     """
     for name, x in (("pred", pred), ("target", target)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name} must be a 4-D (n, C, H, W) tensor, got {shape}")
-        if x.shape[1] != net.in_channels:
-            raise ValueError(
-                f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}), the loss "
-                f"network takes in_channels={net.in_channels}"
-            )
+        check_map(name, x, net.in_channels)
         device = getattr(net, "device", x.device)
         if x.device != device:
             raise ValueError(

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inputs import check_map
+
 __all__ = ["RandomPerceptualNet", "VGG_STRUCTURES"]
 
 VGG_WIDTHS = (64, 128, 256, 512, 512)
@@ -249,14 +251,7 @@ class RandomPerceptualNet(nn.Module):
         return net
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must be a 4-D (N, C, H, W) tensor, got {shape}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x has {x.shape[1]} channels (shape {tuple(x.shape)}), the network was built "
-                f"with in_channels={self.in_channels}"
-            )
+        check_map("x", x, self.in_channels)
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"x must be at least 1x1 pixels, got shape {tuple(x.shape)}")
         if x.device != self.device:
