@@ -25,6 +25,16 @@ BASE_LR, WARMUP_ITERS, WARMUP_FACTOR, STEP, GAMMA, MAX_ITER = 0.01, 3, 0.001, 4,
 EVAL_KEYS = [f"{task}/{m}" for task in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread, as the subprocesses below get through OMP_NUM_THREADS=1: results
+    are then bitwise comparable across processes, and tiny models run faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     """Dataset names ``coco:JSON:IMAGES`` for a 6-image train and a 3-image val set."""
