@@ -1,6 +1,7 @@
 """fvcore ``Checkpointer`` that saves atomically and loads every supported weight format."""
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import tempfile
@@ -83,10 +84,20 @@ class Checkpointer(_FvcoreCheckpointer):
         if os.path.basename(basename) != basename:
             raise ValueError(f"checkpoint name {name!r} must not contain a directory")
         os.makedirs(self.save_dir, exist_ok=True)
+        self._remove_stale_temp_files()
         save_file = os.path.join(self.save_dir, basename)
         logger.info("Saving checkpoint to %s", save_file)
         atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
+
+    def _remove_stale_temp_files(self) -> None:
+        # Left by a process killed inside atomic_write. Only the main process of one run
+        # writes to save_dir, and it saves one file at a time, so any temp file found before
+        # a save is stale; unremoved, each would hold a whole checkpoint's worth of disk.
+        for pattern in (".*.pth.*.tmp", ".last_checkpoint.*.tmp"):
+            for stale in glob.glob(os.path.join(glob.escape(self.save_dir), pattern)):
+                logger.warning("Removing %s, left by an interrupted checkpoint write", stale)
+                os.remove(stale)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")

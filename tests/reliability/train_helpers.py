@@ -1,0 +1,59 @@
+"""Tiny train_net.py runs for the fault tests: a generated shapes set, small-model overrides,
+and a subprocess launcher with one intra-op thread (bitwise-reproducible on CPU)."""
+
+import os
+import subprocess
+import sys
+
+from condinst_percep.data import generate_shapes
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN_NET = os.path.join(REPO, "train_net.py")
+CONFIG = os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def make_shapes(root) -> str:
+    """A 4-image generated shapes set; returns its ``coco:JSON:IMAGES`` dataset name."""
+    json_file = generate_shapes(str(root), num_images=4, min_size=48, max_size=64, seed=0, max_objects=2)
+    return f"coco:{json_file}:{os.path.join(str(root), 'images')}"
+
+
+def tiny_opts(dataset: str, output_dir, **extra) -> list[str]:
+    """Overrides that make the quickstart model a few-millisecond-per-iteration one."""
+    opts = {
+        "MODEL.RESNETS.STEM_OUT_CHANNELS": 8,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": 8,
+        "MODEL.FPN.OUT_CHANNELS": 32,
+        "MODEL.FCOS.NUM_CLS_CONVS": 1,
+        "MODEL.FCOS.NUM_BOX_CONVS": 1,
+        "MODEL.CONDINST.MASK_BRANCH.CHANNELS": 16,
+        "MODEL.CONDINST.MASK_BRANCH.NUM_CONVS": 1,
+        "INPUT.MIN_SIZE_TRAIN": "(48,)",
+        "INPUT.MAX_SIZE_TRAIN": 64,
+        "INPUT.MIN_SIZE_TEST": 48,
+        "INPUT.MAX_SIZE_TEST": 64,
+        "DATASETS.TRAIN": f"('{dataset}',)",
+        "DATASETS.TEST": "()",
+        "DATALOADER.NUM_WORKERS": 0,
+        "SOLVER.IMS_PER_BATCH": 2,
+        "SOLVER.BASE_LR": 0.01,
+        "SOLVER.WARMUP_ITERS": 2,
+        "SOLVER.STEPS": "(8,)",
+        "SOLVER.MAX_ITER": 10,
+        "SOLVER.CHECKPOINT_PERIOD": 1,
+        "SEED": 3,
+        "OUTPUT_DIR": str(output_dir),
+    }
+    opts.update(extra)
+    return [str(x) for kv in opts.items() for x in kv]
+
+
+def train_cmd(opts: list[str], *flags: str) -> list[str]:
+    return [sys.executable, TRAIN_NET, "--config-file", CONFIG, *flags, *opts]
+
+
+def run_train_net(opts: list[str], *flags: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        train_cmd(opts, *flags), capture_output=True, text=True, timeout=timeout, env=ENV
+    )
