@@ -213,11 +213,12 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultiplier:
     _check_solver_values(cfg)
     name = solver.LR_SCHEDULER_NAME
     if name == "WarmupMultiStepLR":
-        steps = [s for s in solver.STEPS if s <= solver.MAX_ITER]
+        # A step at MAX_ITER would act after the last iteration (and fvcore refuses it).
+        steps = [s for s in solver.STEPS if s < solver.MAX_ITER]
         if len(steps) != len(solver.STEPS):
             logging.getLogger(__name__).warning(
-                f"SOLVER.STEPS {tuple(solver.STEPS)} has values beyond SOLVER.MAX_ITER "
-                f"{solver.MAX_ITER}; they are ignored"
+                f"SOLVER.STEPS {tuple(solver.STEPS)} has values at or beyond SOLVER.MAX_ITER "
+                f"{solver.MAX_ITER}; they never take effect and are ignored"
             )
         if list(steps) != sorted(steps):
             raise ValueError(f"SOLVER.STEPS {tuple(solver.STEPS)} must be increasing")

@@ -245,10 +245,36 @@ class SimpleTrainer(TrainerBase):
             self.grad_scaler.update()
         else:
             losses.backward()
+            self._check_gradients()
             if self.grad_clipper is not None:
                 self.grad_clipper(self._trainable_params())
             self.optimizer.step()
         self._write_metrics(reduced, data_time)
+
+    def _check_gradients(self) -> None:
+        """Raise before the step if a gradient is non-finite although the loss was finite.
+
+        Without a gradient scaler (fp16 skips such steps itself), the step would write NaN or
+        inf into the weights; the next checkpoint would hold them and the loss check would only
+        fire one iteration later. The max-norm cannot overflow and propagates NaN; it costs one
+        read of the gradients and one host sync per iteration. DDP has already averaged the
+        gradients here, so every process raises at the same iteration.
+        """
+        grads = [p.grad for p in self._trainable_params()]
+        if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf"))):
+            return
+        names = {p: n for n, p in getattr(self.model, "module", self.model).named_parameters()}
+        bad = [
+            names.get(p, "?")
+            for p in self._trainable_params()
+            if not bool(torch.isfinite(p.grad).all())
+        ]
+        raise FloatingPointError(
+            f"Gradient became non-finite at iteration {self.iter} although every loss was "
+            f"finite, in {len(bad)} parameter(s): {', '.join(bad[:5])}"
+            + (", ..." if len(bad) > 5 else "")
+            + "; the step was not taken, so the weights and checkpoints stay finite"
+        )
 
     def _trainable_params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]

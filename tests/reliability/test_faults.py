@@ -5,6 +5,7 @@ stopping the run with the last good checkpoint intact."""
 import hashlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -172,3 +173,82 @@ def test_resume_after_random_sigkills_reproduces_the_uninterrupted_run(shapes, t
         ma = torch.load(straight / name, weights_only=True)["model"]
         mb = torch.load(killed / name, weights_only=True)["model"]
         assert all(torch.equal(mb[k], v) for k, v in ma.items()), name
+
+
+def test_non_finite_loss_names_term_and_iteration_and_keeps_last_checkpoint(shapes, tmp_path):
+    # A constant lr of 1e10 (no warm-up, no steps: the lr does not depend on MAX_ITER) makes
+    # the weights explode, still finite and checkpointed, until every loss is NaN.
+    diverge = {"SOLVER.BASE_LR": "1e10", "SOLVER.WARMUP_ITERS": 0, "SOLVER.STEPS": "()",
+               "SOLVER.CHECKPOINT_PERIOD": 1}
+    out = tmp_path / "diverged"
+    proc = run_train_net(tiny_opts(shapes, out, **diverge))
+    assert proc.returncode == 1
+    error = [line for line in proc.stderr.splitlines() if line.startswith("FloatingPointError")]
+    match = re.match(r"FloatingPointError: Loss became non-finite at iteration (\d+): ", error[-1])
+    assert match, error
+    bad_iter = int(match.group(1))
+    assert bad_iter >= 1 and "loss_fcos_cls = nan" in error[-1] and "loss_mask = nan" in error[-1]
+    assert proc.stderr.rstrip().endswith(error[-1])  # the last line says what happened
+    last = f"model_{bad_iter - 1:07d}.pth"
+    assert (out / "last_checkpoint").read_text() == last
+    assert not (out / f"model_{bad_iter:07d}.pth").exists() and not _temp_files(out)
+    kept = torch.load(out / last, weights_only=True)
+    assert kept["iteration"] == bad_iter - 1
+    assert all(bool(torch.isfinite(v).all()) for v in kept["model"].values() if v.is_floating_point())
+
+    # The same run stopped cleanly before the failing iteration holds bit for bit the same
+    # weights: the failing iteration wrote nothing into the checkpoint.
+    clean = tmp_path / "clean"
+    assert run_train_net(tiny_opts(shapes, clean, **diverge, **{"SOLVER.MAX_ITER": bad_iter})).returncode == 0
+    reference = torch.load(clean / "model_final.pth", weights_only=True)
+    assert reference["iteration"] == bad_iter - 1
+    for key, value in reference["model"].items():
+        assert torch.equal(kept["model"][key], value), key
+    # and --resume from it fails again at the same iteration, naming it
+    again = run_train_net(tiny_opts(shapes, out, **diverge), "--resume")
+    assert f"Loss became non-finite at iteration {bad_iter}" in again.stderr.splitlines()[-1]
+
+
+class _SqrtAtZero(torch.nn.Module):
+    """A finite loss whose gradient is NaN from iteration ``bad_iter`` on (d sqrt(x)/dx at 0)."""
+
+    def __init__(self, bad_iter: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+        self.bad_iter, self.calls = bad_iter, 0
+
+    def forward(self, batch):
+        x = torch.stack([d["x"] for d in batch])
+        loss = self.linear(x).pow(2).mean()
+        if self.calls >= self.bad_iter:
+            loss = loss + torch.sqrt(self.linear.bias * 0).sum()
+        self.calls += 1
+        return {"loss_fit": loss}
+
+
+def test_non_finite_gradient_with_finite_loss_stops_before_the_step(tmp_path):
+    from condinst_percep.engine import hooks
+    from condinst_percep.engine.train_loop import HookBase, SimpleTrainer
+
+    torch.manual_seed(0)
+    model = _SqrtAtZero(bad_iter=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    batches = [[{"x": torch.randn(3)}] for _ in range(6)]
+    trainer = SimpleTrainer(model, batches, optimizer)
+    checkpointer = Checkpointer(model, str(tmp_path), save_to_disk=True, optimizer=optimizer)
+    saved = {}
+
+    class RecordBytes(HookBase):
+        def after_step(self):
+            name = (tmp_path / "last_checkpoint").read_text()
+            saved[name] = (_sha256(tmp_path / name), {k: v.clone() for k, v in model.state_dict().items()})
+
+    trainer.register_hooks([hooks.PeriodicCheckpointer(checkpointer, 1), RecordBytes()])
+    with pytest.raises(FloatingPointError, match=r"Gradient became non-finite at iteration 3 .*: linear\.bias;"):
+        trainer.train(0, 6)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
+    for name, (digest, _) in saved.items():
+        assert _sha256(tmp_path / name) == digest, name
+    # the step was not taken: the weights are those of the last checkpoint, all finite
+    for key, value in saved["model_0000002.pth"][1].items():
+        assert torch.equal(model.state_dict()[key], value) and bool(torch.isfinite(value).all())
