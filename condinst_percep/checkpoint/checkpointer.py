@@ -72,6 +72,8 @@ class Checkpointer(_FvcoreCheckpointer):
         self.cfg = cfg
         self.min_loaded_fraction = min_loaded_fraction
         self.last_report: LoadReport | None = None
+        # Names of the checkpointables the last load() restored.
+        self.loaded_checkpointables: list[str] = []
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -125,8 +127,10 @@ class Checkpointer(_FvcoreCheckpointer):
             min_loaded_fraction=self.min_loaded_fraction,
         )
         extras = dict(raw.extras)
+        self.loaded_checkpointables = []
         for key in self.checkpointables if checkpointables is None else checkpointables:
             if key in extras:
                 logger.info("Loading %s from %s", key, path)
                 self.checkpointables[key].load_state_dict(extras.pop(key))
+                self.loaded_checkpointables.append(key)
         return extras

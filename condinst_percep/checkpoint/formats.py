@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,10 +152,10 @@ def read_checkpoint(path: str) -> RawCheckpoint:
         return _read_pickle(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - any parse failure (KeyError for text, ...) means one thing
         raise CheckpointFileError(
             f"'{path}' is not a readable torch checkpoint (truncated, corrupt, or not written "
-            f"by torch.save with plain tensors/containers): {type(e).__name__}: {e}"
+            f"by torch.save with plain tensors/containers): {_first_line(e)}"
         ) from e
     if not isinstance(data, dict):
         raise CheckpointFileError(f"'{path}' holds a {type(data).__name__}, not a checkpoint dict")
@@ -183,15 +182,22 @@ def read_checkpoint(path: str) -> RawCheckpoint:
     return RawCheckpoint(state_dict, "adelaidet", {}, extras)
 
 
+def _first_line(e: Exception, limit: int = 120) -> str:
+    """``Type: first sentence of the message``, cut to ``limit`` characters: torch's messages
+    go on with advice (e.g. to load with ``weights_only=False``) that does not apply here."""
+    line = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    if len(line) > limit:
+        line = line[: limit - 3] + "..."
+    return f"{type(e).__name__}: {line}"
+
+
 def _read_pickle(path: str) -> RawCheckpoint:
     try:
         with open(path, "rb") as f:
             data = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError,
-            ValueError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - as in read_checkpoint
         raise CheckpointFileError(
-            f"'{path}' is not a readable pickle checkpoint (truncated or corrupt): "
-            f"{type(e).__name__}: {e}"
+            f"'{path}' is not a readable pickle checkpoint (truncated or corrupt): {_first_line(e)}"
         ) from e
     if not isinstance(data, dict) or not data:
         raise CheckpointFileError(f"'{path}' holds a {type(data).__name__}, not a dict of weights")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from condinst_percep.checkpoint import Checkpointer
+from condinst_percep.checkpoint import CheckpointMismatchError, Checkpointer
 from condinst_percep.config import validate_cfg
 from condinst_percep.data import build_detection_test_loader, build_detection_train_loader
 from condinst_percep.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
@@ -160,9 +160,34 @@ class Trainer(SimpleTrainer):
         only the model weights from ``MODEL.WEIGHTS`` (if set) and starts at iteration 0."""
         checkpoint = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
-            self.start_iter = checkpoint.get("iteration", -1) + 1
+            self._check_resumed_fully(checkpoint)
+            self.start_iter = checkpoint["iteration"] + 1
         else:
             self.start_iter = 0
+
+    def _check_resumed_fully(self, checkpoint: dict[str, Any]) -> None:
+        # Fine-tuning may load part of a model; continuing a run from its own checkpoint must
+        # restore all of it, or training would silently go on from a different state.
+        path = self.checkpointer.get_checkpoint_file()
+        report = self.checkpointer.last_report
+        problems = []
+        if report is not None:
+            problems += [f"{k}: checkpoint {c} vs model {m}" for k, (c, m) in report.mismatched.items()]
+            problems += [f"{k}: missing from the checkpoint" for k in report.missing]
+            problems += [f"{k}: not in the model" for k in report.unexpected]
+        loaded = set(self.checkpointer.loaded_checkpointables) | set(checkpoint)
+        problems += [
+            f"{key}: missing from the checkpoint"
+            for key in ("iteration", *self.checkpointer.checkpointables)
+            if key not in loaded
+        ]
+        if problems:
+            raise CheckpointMismatchError(
+                f"--resume: '{path}' (named by {self.cfg.OUTPUT_DIR}/last_checkpoint) does not "
+                f"hold this run's full state, so it cannot be continued ({len(problems)} "
+                f"problem(s), e.g. {'; '.join(problems[:5])}). Was the config changed? Remove "
+                "--resume to start afresh, or use another OUTPUT_DIR"
+            )
 
     def build_hooks(self) -> list[HookBase | None]:
         cfg = self.cfg
