@@ -263,6 +263,20 @@ def _check_heads(cfg: CfgNode, bad) -> None:
             )
     if f.NORM in ("GN", "NaiveGN") and cfg.MODEL.FPN.OUT_CHANNELS % 32:
         bad("MODEL.FCOS.NORM", "GN uses 32 groups: MODEL.FPN.OUT_CHANNELS must divide by 32")
+    elif f.NORM in ("GN", "NaiveGN") and cfg.MODEL.FPN.OUT_CHANNELS == 32 and expected_strides:
+        # One channel per group: on a 1x1 map (an image padded to the top stride) a group holds
+        # a single value, which GroupNorm refuses at batch 1 and maps to its bias otherwise.
+        top = max(expected_strides)
+        smallest = min([*cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST])
+        if smallest <= top:
+            bad(
+                "MODEL.FPN.OUT_CHANNELS",
+                f"with MODEL.FCOS.NORM {f.NORM!r} (32 groups) leaves one channel per group, and "
+                f"images resized to {smallest} px (INPUT.MIN_SIZE_TRAIN/TEST; 0 = not resized) "
+                f"can have a 1x1 map at stride {top}, where each group normalises a single value "
+                f"(torch raises at batch 1, the output is only the bias otherwise); use 64+ "
+                f"channels or a minimum size above {top}",
+            )
     if ci.MASK_BRANCH.NORM == "GN" and ci.MASK_BRANCH.CHANNELS % 32:
         bad(
             "MODEL.CONDINST.MASK_BRANCH.NORM",

@@ -24,7 +24,7 @@ def tiny_opts(dataset: str, output_dir, **extra) -> list[str]:
     opts = {
         "MODEL.RESNETS.STEM_OUT_CHANNELS": 8,
         "MODEL.RESNETS.RES2_OUT_CHANNELS": 8,
-        "MODEL.FPN.OUT_CHANNELS": 32,
+        "MODEL.FPN.OUT_CHANNELS": 64,
         "MODEL.FCOS.NUM_CLS_CONVS": 1,
         "MODEL.FCOS.NUM_BOX_CONVS": 1,
         "MODEL.CONDINST.MASK_BRANCH.CHANNELS": 16,
