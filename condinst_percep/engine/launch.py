@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import socket
+import threading
 from typing import Any, Callable
 
 import torch
@@ -18,6 +20,8 @@ from condinst_percep.utils import comm
 __all__ = ["launch", "torchrun_env", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
+# After a forwarded stop signal: how long the workers get to finish the iteration and save.
+STOP_GRACE_S = 600.0
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -94,14 +98,51 @@ def launch(
                 "machine 0, e.g. --dist-url tcp://10.0.0.1:29500"
             )
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
-    mp.start_processes(
+    context = mp.start_processes(
         _distributed_worker,
         nprocs=num_gpus_per_machine,
         args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
         daemon=False,
         start_method="spawn",
+        join=False,
     )
+    _join_forwarding_signals(context)
     return None
+
+
+def _join_forwarding_signals(context: mp.ProcessContext) -> None:
+    """Waits for the spawned processes; a SIGTERM or SIGINT sent to this (parent) process
+    only is passed on to them as SIGTERM, so they checkpoint and stop together, and the parent
+    then exits with 128 + the signal it received.
+
+    A scheduler that signals every process, or Ctrl-C in a terminal (which reaches the whole
+    process group), delivers a second SIGTERM to the workers; that is harmless. SIGINT is not
+    forwarded as SIGINT: a worker takes a second SIGINT as "abort without a checkpoint".
+    """
+    received: list[int] = []
+
+    def forward(signum: int, frame) -> None:
+        received.append(signum)
+        for process in context.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        # Polling, so that once a signal was forwarded, a worker that exits first (with
+        # 128 + signum) does not get the others terminated while they still checkpoint.
+        while not context.join(timeout=1.0, grace_period=STOP_GRACE_S if received else None):
+            pass
+    except mp.ProcessExitedException:
+        if not received:
+            raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise SystemExit(128 + received[0])
 
 
 def _init_process_group(

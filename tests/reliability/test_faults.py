@@ -252,3 +252,54 @@ def test_non_finite_gradient_with_finite_loss_stops_before_the_step(tmp_path):
     # the step was not taken: the weights are those of the last checkpoint, all finite
     for key, value in saved["model_0000002.pth"][1].items():
         assert torch.equal(model.state_dict()[key], value) and bool(torch.isfinite(value).all())
+
+
+def test_sigterm_to_the_parent_of_num_gpus_2_stops_both_workers_with_a_checkpoint(shapes, tmp_path):
+    out = tmp_path / "ddp"
+    opts = tiny_opts(shapes, out, **{"SOLVER.MAX_ITER": 2000, "SOLVER.STEPS": "()",
+                                     "SOLVER.CHECKPOINT_PERIOD": 5})
+    proc = subprocess.Popen(train_cmd(opts, "--num-gpus", "2"), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not (out / "last_checkpoint").exists():
+            time.sleep(0.05)
+        children = _children(proc.pid)
+        assert len(children) >= 2, children
+        proc.send_signal(signal.SIGTERM)  # the parent only, as `kill <pid>` does
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert not any(_alive(pid) for pid in children)  # no orphaned workers
+    log = (out / "log.txt").read_text()
+    assert "Received SIGTERM: stopping after this iteration" in log
+    name = (out / "last_checkpoint").read_text()
+    stopped_after = torch.load(out / name, weights_only=True)["iteration"]
+    assert name == f"model_{stopped_after:07d}.pth" and stopped_after < 1999
+    assert f"Training stopped by a signal before iteration {stopped_after + 1}" in log
+    # both ranks stopped at the same iteration (rank 1 logs to its own file)
+    rank1 = (out / "log.txt.rank1").read_text()
+    assert "Received SIGTERM" in rank1
+    assert f"Training stopped by a signal before iteration {stopped_after + 1}" in rank1
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
