@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":
         result = launch(main, int(sys.argv[2]), args=(sys.argv[1],))
-        print("RESULT", result)
+        # one write: under PYTHONUNBUFFERED print() writes the text and the newline apart
+        sys.stdout.write(f"RESULT {result}\\n")
     """
 )
 

@@ -14,6 +14,7 @@ Supported files:
 """
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from collections import OrderedDict
@@ -153,9 +154,11 @@ def read_checkpoint(path: str) -> RawCheckpoint:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any parse failure (KeyError for text, ...) means one thing
+        size = os.path.getsize(path)
         raise CheckpointFileError(
-            f"'{path}' is not a readable torch checkpoint (truncated, corrupt, or not written "
-            f"by torch.save with plain tensors/containers): {_first_line(e)}"
+            f"'{path}' ({size} bytes) is not a readable torch checkpoint (truncated, corrupt, or "
+            f"not written by torch.save with plain tensors/containers): "
+            + ("the file is empty" if size == 0 else _first_line(e))
         ) from e
     if not isinstance(data, dict):
         raise CheckpointFileError(f"'{path}' holds a {type(data).__name__}, not a checkpoint dict")
@@ -185,7 +188,8 @@ def read_checkpoint(path: str) -> RawCheckpoint:
 def _first_line(e: Exception, limit: int = 120) -> str:
     """``Type: first sentence of the message``, cut to ``limit`` characters: torch's messages
     go on with advice (e.g. to load with ``weights_only=False``) that does not apply here."""
-    line = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(e).strip())
+    line = (text.splitlines() or [""])[0].split(". ")[0]
     if len(line) > limit:
         line = line[: limit - 3] + "..."
     return f"{type(e).__name__}: {line}"
