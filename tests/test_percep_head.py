@@ -319,3 +319,91 @@ def test_pretrained_vgg_variant_is_built_from_a_torchvision_file(tmp_path):
     net = PercepMaskHead(**PercepMaskHead.from_config(cfg)).percep_loss.net
     assert net.init == "torchvision:vgg11" and net.in_channels == 1
     assert torch.equal(net.blocks[4][1].weight, state["features.18.weight"])
+
+
+# ------------------------------------------------------------------------ speed options
+def _crop_case(concentrated: bool):
+    """Logits (3, 1, 32, 32) over a 128-px canvas (mask stride 4), their instances and GTs.
+
+    Each instance's predicted box (input pixels) is given; reg_pred is derived from it at the
+    instance's location. With ``concentrated`` the logits are -30 outside the union of the GT
+    and predicted boxes (so the prediction mass reaches into the predicted box beyond the GT).
+    """
+    gt_boxes = torch.tensor([[16.0, 16.0, 64.0, 56.0], [70.0, 8.0, 120.0, 40.0], [8.0, 60.0, 48.0, 120.0]])
+    bitmasks = torch.zeros(3, 32, 32)
+    for g, (x0, y0, x1, y1) in enumerate(gt_boxes.tolist()):
+        bitmasks[g, int(y0) // 4 : int(y1) // 4, int(x0) // 4 : int(x1) // 4] = 1
+    gts = [
+        Instances((128, 128), gt_boxes=gt_boxes[:2], gt_bitmasks=bitmasks[:2]),
+        Instances((128, 128), gt_boxes=gt_boxes[2:], gt_bitmasks=bitmasks[2:]),
+    ]
+    pred_boxes = torch.tensor([[24.0, 20.0, 80.0, 60.0], [72.0, 4.0, 112.0, 44.0], [4.0, 64.0, 40.0, 104.0]])
+    locations = torch.tensor([[40.0, 36.0], [92.0, 20.0], [20.0, 84.0]])
+    fpn_levels = torch.tensor([0, 1, 0])
+    strides = torch.tensor([8.0, 16.0, 32.0, 64.0, 128.0])[fpn_levels][:, None]
+    reg_pred = torch.cat([locations - pred_boxes[:, :2], pred_boxes[:, 2:] - locations], 1) / strides
+    inst = Instances(
+        (0, 0), gt_inds=torch.tensor([0, 1, 2]), locations=locations, fpn_levels=fpn_levels,
+        reg_pred=reg_pred, im_inds=torch.tensor([0, 0, 1]),
+    )
+    logits = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2
+    if concentrated:
+        union = torch.cat([torch.minimum(gt_boxes[:, :2], pred_boxes[:, :2]),
+                           torch.maximum(gt_boxes[:, 2:], pred_boxes[:, 2:])], 1)
+        centres = torch.arange(32) * 4 + 2.0  # input pixel sampled by each mask pixel
+        for k, (x0, y0, x1, y1) in enumerate(union.tolist()):
+            rows = (centres >= y0) & (centres < y1)
+            cols = (centres >= x0) & (centres < x1)
+            logits[k, 0][~(rows[:, None] & cols[None, :])] = -30.0
+    return logits.requires_grad_(True), inst, gts
+
+
+def _percep_head(**keys):
+    cfg = tiny_percep_cfg("gt")
+    cfg.MODEL.PERCEP.STRUCTURE, cfg.MODEL.PERCEP.WIDTHS = (1, 1, 1), (4, 8, 8)
+    for key, value in keys.items():
+        cfg.MODEL.PERCEP[key] = value
+    return PercepMaskHead(**PercepMaskHead.from_config(cfg)).train()
+
+
+def test_cropped_loss_equals_uncropped_when_predictions_stay_in_their_boxes():
+    full = _percep_head()
+    radius = full.percep_loss.net.support_radius(2)
+    cropped = _percep_head(CROP_MARGIN=radius)
+    assert cropped.percep_loss.crop_margin == radius and full.percep_loss.crop_margin is None
+    for concentrated in (True, False):
+        logits, inst, gts = _crop_case(concentrated)
+        ref = full.perceptual_loss(logits, inst, gts)
+        (ref_grad,) = torch.autograd.grad(ref, logits)
+        value = cropped.perceptual_loss(logits, inst, gts)
+        (grad,) = torch.autograd.grad(value, logits)
+        rel = abs(value.item() - ref.item()) / ref.item()
+        if concentrated:
+            assert rel < 1e-3
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-3, atol=1e-3 * ref_grad.abs().max())
+        else:  # mass outside the boxes is dropped: the crop is then an approximation
+            assert rel > 1e-3
+
+
+def test_speed_keys_load_from_yaml_and_bad_values_name_key_and_value(tmp_path):
+    radius = _percep_head().percep_loss.net.support_radius(2)
+    path = tmp_path / "speed.yaml"
+    path.write_text(
+        f"MODEL:\n  PERCEP:\n    CROP_MARGIN: {radius - 1}\n    CROP_APPROXIMATE: True\n"
+        '    AUTOCAST: "bfloat16"\n    CHANNELS_LAST: True\n'
+    )
+    cfg = tiny_percep_cfg("gt")
+    cfg.MODEL.PERCEP.STRUCTURE, cfg.MODEL.PERCEP.WIDTHS = (1, 1, 1), (4, 8, 8)
+    cfg.merge_from_file(str(path))
+    loss = PercepMaskHead(**PercepMaskHead.from_config(cfg)).percep_loss
+    assert (loss.crop_margin, loss.crop_approximate) == (radius - 1, True)
+    assert (loss.autocast_dtype, loss.channels_last) == (torch.bfloat16, True)
+
+    with pytest.raises(ValueError, match=r"MODEL.PERCEP: crop_margin=.* below the support radius"):
+        _percep_head(CROP_MARGIN=radius - 1)
+    with pytest.raises(ValueError, match=r"MODEL.PERCEP.CROP_MARGIN must be int, got 2.5"):
+        _percep_head(CROP_MARGIN=2.5)
+    with pytest.raises(ValueError, match=r"MODEL.PERCEP.CHANNELS_LAST must be bool, got 'yes'"):
+        _percep_head(CHANNELS_LAST="yes")
+    with pytest.raises(ValueError, match=r"MODEL.PERCEP.AUTOCAST must be one of .* got 'half'"):
+        _percep_head(AUTOCAST="half")

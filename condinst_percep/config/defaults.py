@@ -311,6 +311,16 @@ _C.MODEL.PERCEP.TARGET = "teacher"
 _C.MODEL.PERCEP.CHUNK_SIZE = 16
 # A local torchvision VGG state_dict (the paper's "T" variant, STRUCTURE naming a VGG); "": random.
 _C.MODEL.PERCEP.PRETRAINED_VGG = ""
+# Speed options of the loss (docs/perceptual_condinst.md). CROP_MARGIN >= 0: embed each instance
+# inside the union of its GT box and its predicted box, grown by that many mask pixels (-1: no
+# crop). Approximate for the student, whose sigmoid is small but not 0 outside the boxes.
+_C.MODEL.PERCEP.CROP_MARGIN = -1
+# Allow a CROP_MARGIN below the loss network's support radius (a different loss).
+_C.MODEL.PERCEP.CROP_APPROXIMATE = False
+# Precision of the loss network alone: "" the training's, "float32", "bfloat16" or "float16".
+_C.MODEL.PERCEP.AUTOCAST = ""
+# Feed the loss network channels_last inputs (same values).
+_C.MODEL.PERCEP.CHANNELS_LAST = False
 
 # The frozen teacher of MODEL.PERCEP.TARGET "teacher": a CondInst config (paths relative to the
 # working directory) and its weights (path, URL or detectron2:// path; AdelaiDet .pth included).

@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...perceptual import PerceptualLoss, RandomPerceptualNet
-from ...perceptual.random_net import VGG_STRUCTURES
+from ...perceptual import PerceptualLoss
 from ...structures import Instances
 from .dynamic_mask_head import MASK_HEAD_REGISTRY, DynamicMaskHead
 
@@ -24,8 +23,8 @@ class PercepMaskHead(DynamicMaskHead):
 
     Targets (``target``):
 
-    - ``"gt"``: the instance's ground-truth bitmap at stride 4; each distinct GT is embedded
-      once and shared by all its instances (``target_index``).
+    - ``"gt"``: the instance's ground-truth bitmap at stride 4; each GT of the batch is
+      embedded once and shared by all its instances (``target_index``).
     - ``"teacher"``: the frozen ``teacher`` CondInst, run on the student's normalised padded
       batch without grad; its controller output at the instance's image, FPN level and location
       drives its own dynamic mask head over its own mask features; the sigmoid is the target.
@@ -43,6 +42,7 @@ class PercepMaskHead(DynamicMaskHead):
         percep_loss: PerceptualLoss,
         target: str = "gt",
         teacher: nn.Module | None = None,
+        fpn_strides: tuple[int, ...] = (8, 16, 32, 64, 128),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -59,6 +59,7 @@ class PercepMaskHead(DynamicMaskHead):
                 f"in_channels={percep_loss.net.in_channels}"
             )
         self.target = target
+        self.fpn_strides = tuple(fpn_strides)
         # Stored in __dict__, bypassing nn.Module registration (see the class docstring).
         self.__dict__["percep_loss"] = percep_loss.requires_grad_(False)
         if teacher is not None:
@@ -68,39 +69,28 @@ class PercepMaskHead(DynamicMaskHead):
     @classmethod
     def from_config(cls, cfg) -> dict:
         p = cfg.MODEL.PERCEP
-        if p.PRETRAINED_VGG:
-            arch = {s: a for a, s in VGG_STRUCTURES.items()}.get(tuple(p.STRUCTURE))
-            if arch is None:
-                raise ValueError(
-                    f"MODEL.PERCEP.PRETRAINED_VGG needs a VGG STRUCTURE {VGG_STRUCTURES}, got "
-                    f"{tuple(p.STRUCTURE)}"
-                )
-            net = RandomPerceptualNet.from_torchvision_vgg(
-                p.PRETRAINED_VGG, in_channels=1, arch=arch, seed=p.SEED
-            )
-        else:
-            net = RandomPerceptualNet(
-                1,
-                structure=tuple(p.STRUCTURE),
-                widths=tuple(p.WIDTHS),
-                kernel_size=p.KERNEL_SIZE,
-                init=p.INIT,
-                init_scale=p.INIT_SCALE if p.INIT in ("normal", "uniform") else None,
-                seed=p.SEED,
-            )
-        percep_loss = PerceptualLoss(
-            net,
-            layer_weights=tuple(p.LAYER_WEIGHTS) or None,
-            loss_weight=p.LOSS_WEIGHT,
-            chunk_size=p.CHUNK_SIZE or None,
-        )
+        speed_keys = (("CROP_MARGIN", int), ("CROP_APPROXIMATE", bool), ("CHANNELS_LAST", bool))
+        for key, kind in speed_keys:
+            value = p.get(key)
+            if value is not None and (
+                not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+            ):
+                raise ValueError(f"MODEL.PERCEP.{key} must be {kind.__name__}, got {value!r}")
+        try:
+            percep_loss = PerceptualLoss(**PerceptualLoss.from_config(cfg, in_channels=1))
+        except ValueError as e:
+            raise ValueError(f"MODEL.PERCEP: {e}") from e
         teacher = None
         if p.TARGET == "teacher":
             from ..teacher import build_teacher
 
             teacher = build_teacher(cfg)
         return dict(
-            super().from_config(cfg), percep_loss=percep_loss, target=p.TARGET, teacher=teacher
+            super().from_config(cfg),
+            percep_loss=percep_loss,
+            target=p.TARGET,
+            teacher=teacher,
+            fpn_strides=tuple(cfg.MODEL.FCOS.FPN_STRIDES),
         )
 
     def _apply(self, fn, recurse: bool = True):
@@ -141,19 +131,47 @@ class PercepMaskHead(DynamicMaskHead):
         Args:
             mask_logits: (n, 1, Hp/4, Wp/4) student logits.
             instances: the n sampled instances (``gt_inds``; for the teacher also ``pos_inds``,
-                ``locations``, ``im_inds``, ``fpn_levels``).
-            gt_instances: per image, ``gt_bitmasks`` (G, Hp/4, Wp/4) float32.
+                ``locations``, ``im_inds``, ``fpn_levels``; with a crop margin also
+                ``reg_pred``, ``locations``, ``fpn_levels``).
+            gt_instances: per image, ``gt_bitmasks`` (G, Hp/4, Wp/4) float32 (with a crop
+                margin also ``gt_boxes`` (G, 4) XYXY input pixels).
             images: (N, 3, Hp, Wp) the student's normalised padded batch (teacher only).
         With n == 0 the result is 0, still connected to ``mask_logits``; the teacher does not run.
         """
         if len(instances) == 0:
             return mask_logits.sum().float() * 0
         pred = mask_logits.float().sigmoid()
+        boxes = None
+        if self.percep_loss.crop_margin is not None:
+            boxes = self.crop_boxes(instances, gt_instances)
         if self.target == "gt":
-            gt_bitmasks = torch.cat([g.gt_bitmasks for g in gt_instances])
-            used, index = torch.unique(instances.gt_inds, return_inverse=True)
-            return self.percep_loss(pred, gt_bitmasks[used].unsqueeze(1), target_index=index)
-        return self.percep_loss(pred, self.teacher_soft_masks(images, instances))
+            # Every GT embedded once, indexed on the device: torch.unique over the used ones
+            # would add a host synchronisation to the loss's own single one (input checks).
+            gt_bitmasks = torch.cat([g.gt_bitmasks for g in gt_instances]).unsqueeze(1)
+            return self.percep_loss(
+                pred, gt_bitmasks, target_index=instances.gt_inds, boxes=boxes
+            )
+        return self.percep_loss(pred, self.teacher_soft_masks(images, instances), boxes=boxes)
+
+    def crop_boxes(self, instances: Instances, gt_instances: list[Instances]) -> torch.Tensor:
+        """(n, 4) float32 XYXY in mask pixels (stride ``mask_out_stride`` over the padded
+        canvas): the union of each instance's GT box and its predicted FCOS box.
+
+        The crop is exact only where the inputs are 0 outside the box; the student's sigmoid is
+        never exactly 0, so the crop drops its (small) mass outside this union, and a soft
+        teacher mask's outside the union as well. Mask pixel j samples input pixel s·j + s//2.
+        """
+        s = self.mask_out_stride
+        gt = torch.cat([g.gt_boxes for g in gt_instances])[instances.gt_inds].float()
+        strides = torch.tensor(self.fpn_strides, dtype=torch.float32, device=gt.device)
+        # reg_pred is (l, t, r, b) divided by the level's stride, as FCOS's regression targets.
+        ltrb = instances.reg_pred.detach().float() * strides[instances.fpn_levels][:, None]
+        loc = instances.locations.float()
+        pred = torch.cat([loc - ltrb[:, :2], loc + ltrb[:, 2:]], dim=1)
+        union = torch.cat(
+            [torch.minimum(gt[:, :2], pred[:, :2]), torch.maximum(gt[:, 2:], pred[:, 2:])], dim=1
+        )
+        return (union - s // 2) / s
 
     def teacher_soft_masks(self, images: torch.Tensor | None, instances: Instances) -> torch.Tensor:
         """(n, 1, Hp/4, Wp/4): sigmoid of the teacher's mask logits at the student's instances,
