@@ -146,7 +146,13 @@ def test_adelaidet_configs_load_and_are_refused_by_name(name, expected):
 
 
 def test_adelaidet_base_condinst_loads_and_is_accepted():
-    validate_cfg(load(ADELAIDET / "Base-CondInst.yaml"))
+    cfg = load(ADELAIDET / "Base-CondInst.yaml")
+    validate_cfg(cfg)
+    # The file's values arrive, and the defaults it does not set stay AdelaiDet's.
+    assert cfg.MODEL.CONDINST.MAX_PROPOSALS == 500 and cfg.MODEL.FCOS.THRESH_WITH_CTR is True
+    assert tuple(cfg.SOLVER.STEPS) == (60000, 80000) and cfg.SOLVER.MAX_ITER == 90000
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == (640, 672, 704, 736, 768, 800)
+    assert cfg.MODEL.FCOS.NMS_TH == 0.6 and cfg.MODEL.CONDINST.MASK_OUT_STRIDE == 4
 
 
 @pytest.mark.parametrize(
