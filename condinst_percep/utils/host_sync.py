@@ -1,0 +1,140 @@
+"""Find the places where code would make the host wait for an accelerator.
+
+On a GPU, reading a device value on the host (``.item()``, ``bool(t)``, ``.tolist()``) or an
+op whose output shape depends on device data (``nonzero``, boolean indexing, ``unique``)
+blocks Python until every queued kernel has run, so the host stops queueing work ahead of the
+GPU. The same code on the CPU has no queue to wait for, so these points cannot be timed here;
+they can be *found* here, which is what :class:`HostSyncAudit` does: it runs the code under a
+dispatch mode that notes every such op together with the innermost line of the calling
+package, so a CPU-only test can pin the list of synchronisation points in a training step.
+
+Host-to-device copies of inputs (``.to("cuda")``) are not counted: on the CPU every tensor is
+already where it goes.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import sys
+from typing import Iterable
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+_THIS_FILE = os.path.abspath(__file__)
+
+# Ops whose CUDA kernels copy a device value to the host before returning.
+_ALWAYS_SYNC = {
+    aten._local_scalar_dense.default,  # item(), bool(t), int(t), float(t)
+    aten.nonzero.default,
+    aten.nonzero.out,
+    aten.equal.default,
+    aten.masked_select.default,
+    aten._unique2.default,
+    aten.unique_dim.default,
+    aten.unique_consecutive.default,
+    aten.bincount.default,
+}
+# Indexing ops sync when an index is a boolean mask (it is turned into nonzero() first).
+_SYNC_WITH_BOOL_INDEX = {
+    aten.index.Tensor,
+    aten.index_put.default,
+    aten.index_put_.default,
+    aten._index_put_impl_.default,
+}
+# Tensor methods that read the whole tensor on the host without passing through dispatch.
+_HOST_READ_METHODS = {torch.Tensor.tolist, torch.Tensor.numpy}
+
+
+def _has_bool_index(args) -> bool:
+    indices = args[1] if len(args) > 1 else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+
+
+def _repeat_interleave_syncs(func, args, kwargs) -> bool:
+    # Without output_size the length of the result is read from the repeats on the device.
+    return func in (aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor) and (
+        kwargs.get("output_size") is None
+    )
+
+
+class _DispatchRecorder(TorchDispatchMode):
+    def __init__(self, audit: "HostSyncAudit"):
+        super().__init__()
+        self.audit = audit
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (
+            func in _ALWAYS_SYNC
+            or (func in _SYNC_WITH_BOOL_INDEX and _has_bool_index(args))
+            or _repeat_interleave_syncs(func, args, kwargs)
+        ):
+            self.audit._record(str(func.overloadpacket.__name__))
+        return func(*args, **kwargs)
+
+
+class _MethodRecorder(TorchFunctionMode):
+    def __init__(self, audit: "HostSyncAudit"):
+        super().__init__()
+        self.audit = audit
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _HOST_READ_METHODS:
+            self.audit._record(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+class HostSyncAudit:
+    """Context manager recording every host synchronisation point reached inside it.
+
+    Each point is keyed by ``"<op> at <path>:<line> (<function>)"``, the innermost frame whose
+    file lies under one of ``roots`` (default: this package), paths relative to the root's
+    parent. Points reached only from outside the roots are keyed ``"<op> at <outside>"``.
+
+    Example::
+
+        with HostSyncAudit() as audit:
+            loss = sum(model(batch).values())
+            loss.backward()
+        print(audit.report())
+    """
+
+    def __init__(self, roots: Iterable[str] | None = None):
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.roots = tuple(os.path.abspath(r) for r in (roots or (package,)))
+        self.points: collections.Counter[str] = collections.Counter()
+        self._modes: list = []
+
+    def _record(self, op: str) -> None:
+        frame = sys._getframe(2)
+        while frame is not None:
+            path = os.path.abspath(frame.f_code.co_filename)
+            root = next((r for r in self.roots if path.startswith(r + os.sep)), None)
+            if root is not None and path != _THIS_FILE:
+                where = os.path.relpath(path, os.path.dirname(root))
+                self.points[f"{op} at {where}:{frame.f_lineno} ({frame.f_code.co_name})"] += 1
+                return
+            frame = frame.f_back
+        self.points[f"{op} at <outside>"] += 1
+
+    def __enter__(self) -> "HostSyncAudit":
+        self._modes = [_MethodRecorder(self), _DispatchRecorder(self)]
+        for mode in self._modes:
+            mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for mode in reversed(self._modes):
+            mode.__exit__(*exc)
+        self._modes = []
+
+    @property
+    def total(self) -> int:
+        return sum(self.points.values())
+
+    def report(self) -> str:
+        """One line per synchronisation point, most frequent first."""
+        return "\n".join(f"{n:5d}  {key}" for key, n in self.points.most_common()) or "(none)"
