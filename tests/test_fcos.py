@@ -171,6 +171,71 @@ def test_losses_against_direct_formulas():
     }
 
 
+@pytest.mark.parametrize("normalizer", ["fg", "moving_fg", "all"])
+def test_class_loss_normalisers_match_adelaidets_python_floats_exactly(normalizer):
+    """The normalisers stay on the device (no .item()); the values are AdelaiDet's, computed
+    with Python floats and max(), bit for bit, over batches with and without positives."""
+    from condinst_percep.layers import sigmoid_focal_loss
+
+    torch.manual_seed(0)
+    outputs = _outputs(loss_normalizer_cls=normalizer, loss_weight_cls=0.5)
+    locations = [compute_locations(4, 4, 8, torch.device("cpu")), compute_locations(2, 2, 16, torch.device("cpu"))]
+    batches = [
+        [_gt([[0, 0, 20, 24], [8, 6, 30, 30]], [1, 4]), _gt([[2, 2, 31, 31]], [0])],
+        [_gt(torch.zeros(0, 4).tolist(), []), _gt(torch.zeros(0, 4).tolist(), [])],
+        [_gt([[1, 1, 15, 15]], [3]), _gt(torch.zeros(0, 4).tolist(), [])],
+    ]
+    moving = 100.0
+    for gts in batches:
+        logits = [torch.randn(2, NUM_CLASSES, h, w) for h, w in [(4, 4), (2, 2)]]
+        reg = [torch.rand(2, 4, h, w) * 3 for h, w in [(4, 4), (2, 2)]]
+        ctr = [torch.randn(2, 1, h, w) for h, w in [(4, 4), (2, 2)]]
+        extras, losses = outputs.losses(logits, reg, ctr, locations, gts)
+
+        t = compute_targets(locations, [8, 16], [64], gts, NUM_CLASSES)
+        lg = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, NUM_CLASSES) for x in logits])
+        pos = (t.labels != NUM_CLASSES).nonzero()[:, 0]
+        onehot = torch.zeros_like(lg)
+        onehot[pos, t.labels[pos]] = 1
+        total = sigmoid_focal_loss(lg, onehot, alpha=0.25, gamma=2.0, reduction="sum")
+        num_pos = max(float(len(pos)), 1.0)
+        if normalizer == "moving_fg":
+            moving = 0.9 * moving + (1 - 0.9) * num_pos
+            expected = total / moving
+        elif normalizer == "fg":
+            expected = total / num_pos
+        else:
+            expected = total / max(float(len(lg)), 1.0)
+        assert torch.equal(losses["loss_fcos_cls"], expected * 0.5), (normalizer, len(pos))
+        ctr_sum = extras["instances"].gt_ctrs.sum()
+        assert torch.equal(extras["loss_denorm"], torch.clamp_min(ctr_sum, 1e-6))
+    assert [len(b[0]) + len(b[1]) for b in batches] == [3, 0, 1]
+    if normalizer == "moving_fg":
+        assert outputs.moving_num_fg.dtype == torch.float64 and outputs.moving_num_fg.item() == moving
+
+
+def test_iou_box_quality_is_normalised_by_the_number_of_positives():
+    from condinst_percep.layers import IOULoss
+    from condinst_percep.layers.losses import compute_ious
+
+    torch.manual_seed(1)
+    outputs = _outputs(box_quality="iou")
+    locations = [compute_locations(4, 4, 8, torch.device("cpu"))]
+    logits = [torch.randn(1, NUM_CLASSES, 4, 4)]
+    reg = [torch.rand(1, 4, 4, 4) * 3]
+    ctr = [torch.randn(1, 1, 4, 4)]
+    extras, losses = outputs.losses(logits, reg, ctr, locations, [_gt([[0, 0, 20, 24]], [1])])
+    inst = extras["instances"]
+    assert len(inst) > 1
+    ious, _ = compute_ious(inst.reg_pred, inst.reg_targets)
+    expected_loc = IOULoss("giou")(inst.reg_pred, inst.reg_targets) / float(len(inst))
+    expected_iou = torch.nn.functional.binary_cross_entropy_with_logits(
+        inst.ctrness_pred, ious, reduction="sum"
+    ) / float(len(inst))
+    assert torch.equal(losses["loss_fcos_loc"], expected_loc)
+    assert torch.equal(losses["loss_fcos_iou"], expected_iou)
+
+
 def test_losses_without_positives_are_zero_and_connected():
     outputs = _outputs()
     logits = [torch.randn(1, NUM_CLASSES, 2, 2, requires_grad=True)]

@@ -77,8 +77,9 @@ class FCOSOutputs(nn.Module):
         self.pre_nms_topk_test = pre_nms_topk_test
         self.post_nms_topk_test = post_nms_topk_test
         self.nms_thresh = nms_thresh
-        # AdelaiDet's "moving_fg" normaliser: an EMA of the number of positives (not saved).
-        self.moving_num_fg = 100.0
+        # AdelaiDet's "moving_fg" normaliser: an EMA of the number of positives (not saved),
+        # a float64 tensor on the device after the first step so that reading it needs no sync.
+        self.moving_num_fg: float | torch.Tensor = 100.0
         self.moving_num_fg_momentum = 0.9
 
     @classmethod
@@ -125,8 +126,9 @@ class FCOSOutputs(nn.Module):
             ``(extras, losses)``. ``losses``: ``loss_fcos_cls``, ``loss_fcos_loc`` and
             ``loss_fcos_ctr`` (``loss_fcos_iou`` instead with BOX_QUALITY "iou"), float32
             scalars. ``extras``: ``"instances"``, the positive locations (see
-            :meth:`fcos_losses`), ``"loss_denorm"``, and ``"top_feats"``, the controller outputs of
-            **all** locations (P_all, K) flattened level-major, so that ``pos_inds`` indexes them.
+            :meth:`fcos_losses`), ``"loss_denorm"`` (a float32 0-dim tensor), and
+            ``"top_feats"``, the controller outputs of **all** locations (P_all, K) flattened
+            level-major, so that ``pos_inds`` indexes them.
         """
         instances = compute_targets(
             locations, self.strides, self.sizes_of_interest, gt_instances, self.num_classes,
@@ -150,12 +152,16 @@ class FCOSOutputs(nn.Module):
         reg_pred, ctrness_pred, top_feats`` (if given), ``pos_inds`` (int64 index of each
         positive among all flattened locations) and ``gt_ctrs`` (centerness targets).
         Predictions are upcast to float32 for the losses (they may be bf16/fp16 under autocast).
+
+        The only host synchronisation is ``nonzero`` for ``pos_inds`` (the number of positives
+        is data-dependent and sizes every later tensor). The normalisers stay on the device:
+        AdelaiDet's ``max(reduce_mean(x).item(), floor)`` is ``reduce_mean(x).clamp_min(floor)``.
         """
         losses = {}
         labels = instances.labels
         pos_inds = torch.nonzero(labels != self.num_classes).squeeze(1)
         logits = instances.logits_pred.float()
-        num_pos_avg = max(reduce_mean(logits.new_tensor(float(len(pos_inds)))).item(), 1.0)
+        num_pos_avg = reduce_mean(logits.new_tensor(float(len(pos_inds)))).clamp_min(1.0)
 
         class_target = torch.zeros_like(logits)
         class_target[pos_inds, labels[pos_inds]] = 1
@@ -164,15 +170,19 @@ class FCOSOutputs(nn.Module):
             reduction="sum",
         )
         if self.loss_normalizer_cls == "moving_fg":
-            self.moving_num_fg = (
-                self.moving_num_fg_momentum * self.moving_num_fg
-                + (1 - self.moving_num_fg_momentum) * num_pos_avg
+            # float64, as AdelaiDet's Python-float EMA, so that the values match it exactly.
+            previous = torch.as_tensor(
+                self.moving_num_fg, dtype=torch.float64, device=num_pos_avg.device
             )
-            class_loss = class_loss / self.moving_num_fg
+            self.moving_num_fg = (
+                self.moving_num_fg_momentum * previous
+                + (1 - self.moving_num_fg_momentum) * num_pos_avg.double()
+            )
+            class_loss = class_loss / self.moving_num_fg.float()
         elif self.loss_normalizer_cls == "fg":
             class_loss = class_loss / num_pos_avg
         else:
-            num_samples_avg = max(reduce_mean(logits.new_tensor(float(len(labels)))).item(), 1.0)
+            num_samples_avg = reduce_mean(logits.new_tensor(float(len(labels)))).clamp_min(1.0)
             class_loss = class_loss / num_samples_avg
         losses["loss_fcos_cls"] = class_loss * self.loss_weight_cls
 
@@ -180,7 +190,7 @@ class FCOSOutputs(nn.Module):
         instances.pos_inds = pos_inds
         ctrness_targets = compute_ctrness_targets(instances.reg_targets)
         instances.gt_ctrs = ctrness_targets
-        loss_denorm = max(reduce_mean(ctrness_targets.sum()).item(), 1e-6)
+        loss_denorm = reduce_mean(ctrness_targets.sum()).clamp_min(1e-6)
         reg_pred = instances.reg_pred.float()
         ctrness_pred = instances.ctrness_pred.float()
         if len(pos_inds) > 0:

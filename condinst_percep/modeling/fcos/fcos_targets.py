@@ -144,7 +144,8 @@ def compute_targets(
     device = locations[0].device
     num_loc = [len(loc) for loc in locations]
     level_of_loc = torch.repeat_interleave(
-        torch.arange(len(locations), device=device), torch.tensor(num_loc, device=device)
+        torch.arange(len(locations), device=device), torch.tensor(num_loc, device=device),
+        output_size=sum(num_loc),
     )
     all_locations = torch.cat(locations, dim=0)
     stride_of_loc = torch.tensor(strides, dtype=torch.float32, device=device)[level_of_loc]
