@@ -54,6 +54,62 @@ def test_forward_matches_plain_torch_layers(size):
         assert out.shape[1] == width
 
 
+@pytest.mark.parametrize("in_channels,kernel_size", [(1, 3), (3, 5)])
+def test_frozen_conv_input_gradient_passes_gradcheck(in_channels, kernel_size):
+    # The input gradient is computed as a forward convolution with the adjoint kernel;
+    # finite differences are the independent reference.
+    net = RandomPerceptualNet(
+        in_channels, structure=(1,), widths=(4,), kernel_size=kernel_size, seed=1
+    ).to(torch.float64)
+    conv = net.blocks[0][0]
+    conv.bias = torch.randn(4, dtype=torch.float64)
+    x = torch.randn(2, in_channels, 7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(conv, (x,))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_input_gradient_matches_plain_torch_layers(channels_last):
+    structure = (1, 2, 1)
+    net = RandomPerceptualNet(1, structure=structure, widths=(4, 6, 8), seed=2)
+    x = torch.rand(3, 1, 21, 18, requires_grad=True)
+    net(x, channels_last=channels_last)[-1].square().sum().backward()
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = ref_x
+    for block in _reference_blocks(net, structure):
+        ref = block(ref)
+    ref.square().sum().backward()
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_input_gradient_under_bf16_autocast_has_input_dtype():
+    # The same arithmetic as autograd through bf16 convolutions, returned as float32; an
+    # autocast left open around backward() does not change it.
+    structure = (1, 1)
+    net = RandomPerceptualNet(1, structure=structure, widths=(4, 8), seed=4)
+    x = torch.rand(2, 1, 16, 12, requires_grad=True)
+    ref_x = x.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)[-1]
+        assert out.dtype == torch.bfloat16
+        out.float().square().sum().backward()
+        ref = ref_x
+        for block in _reference_blocks(net, structure):
+            ref = block(ref)
+        ref.float().square().sum().backward()
+    assert x.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=2e-2, atol=1e-3)
+
+
+def test_channels_last_runs_every_layer_nhwc_with_the_same_values():
+    net = RandomPerceptualNet(1, structure=(1, 2), widths=(4, 6), seed=5)
+    x = torch.rand(2, 1, 15, 20)
+    for out, ref in zip(net(x, channels_last=True), net(x)):
+        # A 1-channel input cannot carry the layout: every layer after it must.
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert not out.is_contiguous()
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
 def test_block_output_sizes_round_up_and_tiny_inputs_pass():
     net = RandomPerceptualNet(1, structure=(1, 1, 1, 1, 1), widths=(2, 2, 2, 2, 2))
     for size, expected_last in [((1, 1), (1, 1)), ((1, 40), (1, 2)), ((200, 336), (7, 11)),

@@ -45,8 +45,9 @@ class PerceptualLoss(nn.Module):
             autocast; ``torch.bfloat16`` / ``torch.float16`` run it under autocast in that
             dtype; ``torch.float32`` runs it in float32 even inside the caller's autocast. The
             squared differences and reductions are float32 in every case.
-        channels_last: feed the network channels_last inputs (same values; faster convolutions
-            on many backends).
+        channels_last: run the network in channels_last (NHWC) memory format: every layer of
+            a :class:`RandomPerceptualNet`, the input of another network (same values; faster
+            convolutions and pooling for narrow layers on the CPU and on tensor-core GPUs).
 
     ``forward(pred, target, reduction="mean", target_index=None, boxes=None)``:
         pred: (n, C, H, W) float — probabilities (after sigmoid/softmax) or a regression map
@@ -325,8 +326,11 @@ class PerceptualLoss(nn.Module):
         ]
 
     def _embed(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.channels_last:
+            return self.net(x)
+        x = x.contiguous(memory_format=torch.channels_last)
+        if isinstance(self.net, RandomPerceptualNet):
+            return self.net(x, channels_last=True)
         return self.net(x)
 
     def _embed_target(self, target: torch.Tensor) -> list[torch.Tensor]:

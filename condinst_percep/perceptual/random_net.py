@@ -27,6 +27,33 @@ VGG_STRUCTURES = {
 INITS = ("he", "normal", "uniform", "xavier")
 
 
+class _FrozenConvFunction(torch.autograd.Function):
+    """``conv2d(x, weight, bias)``, stride 1, "same" padding, differentiable in ``x`` only.
+
+    The input gradient of a stride-1 convolution with padding k // 2 is the output gradient
+    convolved, with the same padding, by the kernel flipped in space with its in/out channels
+    swapped. It is computed here as that forward convolution because oneDNN's backward-data
+    kernel is 3-4x slower than its forward kernel when the convolution's input is narrow (the
+    1-channel masks of the first layer: docs/benchmarks.md); for other shapes both cost the same.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.input_dtype = x.dtype
+        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        adjoint = weight.to(grad.dtype).flip((2, 3)).transpose(0, 1)
+        # grad already has the forward's compute dtype; an autocast active around backward()
+        # must not recast it.
+        with torch.autocast(grad.device.type, enabled=False):
+            grad_x = F.conv2d(grad, adjoint, padding=weight.shape[-1] // 2)
+        return grad_x.to(ctx.input_dtype), None, None
+
+
 class FrozenConv2d(nn.Module):
     """A stride-1 "same"-padded convolution whose weight and bias are non-persistent buffers.
 
@@ -41,7 +68,7 @@ class FrozenConv2d(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias, padding=self.weight.shape[-1] // 2)
+        return _FrozenConvFunction.apply(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         c_out, c_in, k, _ = self.weight.shape
@@ -84,8 +111,10 @@ class RandomPerceptualNet(nn.Module):
     pooled rather than dropped, and a block input smaller than 2×2 (e.g. 1×1) passes the pool
     with its size rounded up (1 stays 1), so any input of at least 1×1 is accepted.
 
-    ``forward(x)``: ``x`` (N, C, H, W) float, any memory format → list of ``num_blocks``
-    tensors, block i of shape (N, widths[i], ceil(H / 2^(i+1)), ceil(W / 2^(i+1))). Inputs whose
+    ``forward(x, channels_last=False)``: ``x`` (N, C, H, W) float, any memory format → list of
+    ``num_blocks`` tensors, block i of shape (N, widths[i], ceil(H / 2^(i+1)), ceil(W /
+    2^(i+1))); ``channels_last`` computes every layer in NHWC (same values; faster convolutions
+    and pooling for narrow layers on the CPU, and on tensor-core GPUs). Inputs whose
     dtype differs from the network's (float32 unless you ``.to()`` it) are converted to it, so
     a bf16 prediction never casts the network; under autocast the convolutions run in the
     autocast dtype.
@@ -250,7 +279,7 @@ class RandomPerceptualNet(nn.Module):
         net.init = f"torchvision:{arch}"
         return net
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, channels_last: bool = False) -> list[torch.Tensor]:
         check_map("x", x, self.in_channels)
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"x must be at least 1x1 pixels, got shape {tuple(x.shape)}")
@@ -265,8 +294,13 @@ class RandomPerceptualNet(nn.Module):
         outputs = []
         for block in self.blocks:
             for conv in block:
-                # In place is safe: conv's backward needs its input and weight, not its output.
-                x = F.relu(conv(x), inplace=True)
+                x = conv(x)
+                if channels_last:
+                    # Every output, not only the input: a 1-channel input has no distinct
+                    # channels_last layout, so the convolution would keep NCHW.
+                    x = x.contiguous(memory_format=torch.channels_last)
+                # In place is safe: conv's backward needs its weight, not its output.
+                x = F.relu(x, inplace=True)
             x = F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
             outputs.append(x)
         return outputs
