@@ -334,6 +334,27 @@ def test_forward_errors_name_argument_and_value():
             call()
 
 
+def test_check_values_false_skips_the_value_checks_and_their_synchronisation():
+    from condinst_percep.utils.host_sync import HostSyncAudit
+
+    loss = PerceptualLoss(_net(), chunk_size=1)
+    p = torch.rand(2, 1, 16, 16, requires_grad=True)
+    t = torch.rand(3, 1, 16, 16)
+    index = torch.tensor([2, 0])
+    with HostSyncAudit() as checked:
+        loss(p, t, target_index=index).backward()
+    with HostSyncAudit() as unchecked:
+        value = loss(p, t, target_index=index, check_values=False)
+        value.backward()
+    assert checked.total == 1 and "check_inputs" in checked.report()
+    assert unchecked.total == 0, unchecked.report()
+    torch.testing.assert_close(value, loss(p, t, target_index=index))
+    # Unchecked, a NaN input gives a NaN loss (for the training loop to stop on), not an error.
+    nan = p.detach().clone()
+    nan[0, 0, 0, 0] = float("nan")
+    assert torch.isnan(loss(nan, t, target_index=index, check_values=False))
+
+
 def test_from_config_defaults_and_overrides(tmp_path):
     from condinst_percep.config import get_cfg
 

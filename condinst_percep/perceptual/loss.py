@@ -49,7 +49,8 @@ class PerceptualLoss(nn.Module):
             a :class:`RandomPerceptualNet`, the input of another network (same values; faster
             convolutions and pooling for narrow layers on the CPU and on tensor-core GPUs).
 
-    ``forward(pred, target, reduction="mean", target_index=None, boxes=None)``:
+    ``forward(pred, target, reduction="mean", target_index=None, boxes=None,
+    check_values=True)``:
         pred: (n, C, H, W) float — probabilities (after sigmoid/softmax) or a regression map
             such as depth, not logits: the network is positively homogeneous, so the loss
             scales with the square of the input scale.
@@ -64,6 +65,11 @@ class PerceptualLoss(nn.Module):
             features cut to the window, and the target energy outside the window is added
             back: the value is then exact whenever ``pred`` is 0 outside the box, whatever the
             target. Planning the windows copies ``boxes`` to the host (one synchronisation).
+        check_values: check on the host that pred and target are finite and target_index in
+            range (one synchronisation, shared with the boxes' copy). A caller whose inputs
+            come from its own model (the CondInst head, where a non-finite loss stops the
+            training loop anyway) passes False: without boxes the loss then never waits for
+            the device.
     With no instances the mean is 0 (still connected to ``pred``'s graph). The squared
     differences and their reduction are computed in float32, also under autocast.
     """
@@ -208,6 +214,7 @@ class PerceptualLoss(nn.Module):
         reduction: str = "mean",
         target_index: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
+        check_values: bool = True,
     ) -> torch.Tensor:
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -217,7 +224,7 @@ class PerceptualLoss(nn.Module):
                 f"crop_margin={self.crop_margin!r} and boxes "
                 + ("None" if boxes is None else f"of shape {tuple(boxes.shape)}")
             )
-        host_boxes = check_inputs(self.net, pred, target, target_index, boxes)
+        host_boxes = check_inputs(self.net, pred, target, target_index, boxes, check_values)
         n = pred.shape[0]
         if n == 0:
             zero = pred.sum(dim=(1, 2, 3)).float() * 0.0
