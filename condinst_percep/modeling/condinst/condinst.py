@@ -11,7 +11,7 @@ from torch import nn
 from ...layers import aligned_bilinear
 from ...structures import Instances, clip_boxes, nonempty_boxes, scale_boxes
 from ..fcos import FCOS
-from ..fcos.fcos_targets import mask_centroids
+from ..fcos.fcos_targets import compute_locations, mask_centroids
 from .dynamic_mask_head import build_mask_head
 from .inputs import check_gt_instances, check_image
 from .mask_branch import MaskBranch
@@ -148,6 +148,7 @@ class CondInst(nn.Module):
                 for i, x in enumerate(batched_inputs)
             ]
         features = self.backbone(images)
+        self.proposal_generator.check_grid(features, images.shape[-2:])
         if self.training:
             self.add_bitmasks(gt_instances, images.shape[-2], images.shape[-1])
             mask_feats = self.mask_branch(features)
@@ -178,8 +179,29 @@ class CondInst(nn.Module):
     def mask_logits_at(self, batched_inputs: list[dict], instances: Instances) -> torch.Tensor:
         """This model's mask logits for instances found by another CondInst (the student) on the
         same inputs, after this model's own preprocessing: :meth:`mask_logits_on` of
-        ``preprocess_image(batched_inputs)``."""
+        ``preprocess_image(batched_inputs)``.
+
+        This model's padding may differ from the student's, so the instances' ``locations``
+        are compared with this model's grid at ``pos_inds`` first (a host read of device
+        values; the training step uses :meth:`mask_logits_on`, which needs none). Raises
+        ValueError if they differ.
+        """
         images, _ = self.preprocess_image(batched_inputs)
+        fcos = self.proposal_generator
+        grid = torch.cat(
+            [
+                compute_locations(h, w, stride, images.device).repeat(len(images), 1)
+                for (h, w), stride in zip(fcos.grid_sizes(images.shape[-2:]), fcos.fpn_strides)
+            ]
+        )
+        if len(instances) and (
+            int(instances.pos_inds.max()) >= len(grid)
+            or not torch.equal(grid[instances.pos_inds], instances.locations.to(grid.dtype))
+        ):
+            raise ValueError(
+                "mask_logits_at: this model's FCOS locations differ from the student's at "
+                "pos_inds (different size_divisibility, FCOS.FPN_STRIDES or inputs)"
+            )
         return self.mask_logits_on(images, instances)
 
     def mask_logits_on(self, images: torch.Tensor, instances: Instances) -> torch.Tensor:
@@ -192,6 +214,11 @@ class CondInst(nn.Module):
         Gradients and train/eval mode are the caller's business (a teacher: ``eval()`` and
         ``torch.no_grad()``).
 
+        No device value is read: the student's locations are a function of the padded size
+        and its FPN strides (``FCOS.check_grid``, enforced in every forward), the teacher's
+        strides and levels equal the student's (``teacher.check_teacher_cfg``, at build time),
+        and its grid on the same batch is checked here, on the host.
+
         Args:
             images: (N, 3, Hp, Wp) float, the student's normalised, padded batch (the caller
                 makes sure both models share the pixel convention).
@@ -201,22 +228,11 @@ class CondInst(nn.Module):
         Returns:
             (n, 1, Hp/4, Wp/4) logits on the same padded canvas as the student's.
 
-        Raises ValueError if this model's location grid differs from the student's (other
-        FPN strides or levels), since ``pos_inds`` would then point elsewhere.
+        Raises ValueError if this model's FCOS levels do not have the grid sizes of ``images``
+        (``FCOS.check_grid``), since ``pos_inds`` would then point elsewhere.
         """
         features = self.backbone(images)
-        levels = [features[f] for f in self.proposal_generator.in_features]
-        grid = torch.cat(
-            [loc.repeat(len(images), 1) for loc in self.proposal_generator.compute_locations(levels)]
-        )
-        if len(instances) and (
-            int(instances.pos_inds.max()) >= len(grid)
-            or not torch.equal(grid[instances.pos_inds], instances.locations.to(grid.dtype))
-        ):
-            raise ValueError(
-                "mask_logits_on: this model's FCOS locations differ from the student's at "
-                "pos_inds (different size_divisibility, FCOS.FPN_STRIDES or inputs)"
-            )
+        self.proposal_generator.check_grid(features, images.shape[-2:])
         query = Instances(
             (0, 0),
             locations=instances.locations,
@@ -242,12 +258,16 @@ class CondInst(nn.Module):
         return instances
 
     def _topk_per_gt(self, instances: Instances, gt_instances: list[Instances]) -> torch.Tensor:
+        # Host syncs: only the final boolean selection (how many are kept depends on the data);
+        # every size below is known on the host.
         device = instances.gt_inds.device
         num_gts = [len(g) for g in gt_instances]
+        total_gts = sum(num_gts)
         gt_image = torch.repeat_interleave(
-            torch.arange(len(num_gts), device=device), torch.tensor(num_gts, device=device)
+            torch.arange(len(num_gts), device=device), torch.tensor(num_gts, device=device),
+            output_size=total_gts,
         )
-        has_pos = torch.zeros(sum(num_gts), dtype=torch.int64, device=device)
+        has_pos = torch.zeros(total_gts, dtype=torch.int64, device=device)
         has_pos[instances.gt_inds] = 1
         gts_per_image = torch.zeros(len(num_gts), dtype=torch.int64, device=device)
         gts_per_image.index_add_(0, gt_image, has_pos)
@@ -258,7 +278,9 @@ class CondInst(nn.Module):
         by_score = torch.sort(scores, descending=True, stable=True).indices
         order = by_score[torch.sort(instances.gt_inds[by_score], stable=True).indices]
         sorted_gt = instances.gt_inds[order]
-        counts = torch.bincount(sorted_gt, minlength=sum(num_gts))
+        # bincount would read the largest index on the host to size its output.
+        counts = torch.zeros(total_gts, dtype=torch.int64, device=device)
+        counts.index_add_(0, sorted_gt, torch.ones_like(sorted_gt))
         group_start = torch.cumsum(counts, 0) - counts
         rank = torch.arange(len(order), device=device) - group_start[sorted_gt]
         keep = rank < k_per_image[gt_image[sorted_gt]]

@@ -41,6 +41,35 @@ class FCOS(nn.Module):
             fcos_outputs=FCOSOutputs(**FCOSOutputs.from_config(cfg)),
         )
 
+    def grid_sizes(self, padded_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """(H_l, W_l) of every level for a batch padded to ``padded_size`` (Hp, Wp):
+        ``(ceil(Hp / stride), ceil(Wp / stride))``, what stride-2 convolutions with "same"
+        padding give. Known on the host, so two models can agree on their grid without
+        comparing device values."""
+        h, w = padded_size
+        return [(-(-h // s), -(-w // s)) for s in self.fpn_strides]
+
+    def check_grid(self, features: dict[str, torch.Tensor], padded_size: tuple[int, int]) -> None:
+        """Raise ValueError unless every level's feature map has :meth:`grid_sizes`'s size.
+
+        Locations (and the ``pos_inds`` indexing them) are then a function of the padded size
+        and the strides alone, so a teacher run on the student's batch with the same strides
+        has the student's grid (see ``CondInst.mask_logits_on``).
+        """
+        expected = self.grid_sizes(padded_size)
+        bad = [
+            f"{f} is {tuple(features[f].shape[-2:])}, expected {e}"
+            for f, e in zip(self.in_features, expected)
+            if tuple(features[f].shape[-2:]) != e
+        ]
+        if bad:
+            raise ValueError(
+                f"FCOS levels for the padded batch {tuple(padded_size)} with FPN_STRIDES "
+                f"{self.fpn_strides}: {'; '.join(bad)} (ceil(size / stride)). The locations, "
+                "and a teacher's reading of the student's pos_inds, need a backbone that halves "
+                "the resolution level to level with 'same' padding"
+            )
+
     def compute_locations(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         return [
             compute_locations(f.shape[-2], f.shape[-1], stride, f.device)
