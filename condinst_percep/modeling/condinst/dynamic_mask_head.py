@@ -42,11 +42,12 @@ def build_mask_head(cfg) -> nn.Module:
 def parse_dynamic_params(
     params: torch.Tensor, channels: int, weight_nums: list[int], bias_nums: list[int]
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Splits (n, num_gen_params) into grouped-conv weights and biases, AdelaiDet's layout:
-    all weights first (layer by layer), then all biases. Layer ``l`` weight of instance ``k``
-    is ``params[k, off_l : off_l + out*in].reshape(out, in)`` (row-major, out-major).
+    """Splits (n, num_gen_params) into per-instance 1x1-conv weights and biases, AdelaiDet's
+    layout: all weights first (layer by layer), then all biases. Layer ``l`` weight of instance
+    ``k`` is ``params[k, off_l : off_l + out*in].reshape(out, in)`` (row-major, out-major).
 
-    Returns per layer weights (n*out_l, in_l, 1, 1) and biases (n*out_l,).
+    Returns per layer weights (n, out_l, in_l) and biases (n, out_l, 1), the operands of a
+    batched matrix product with (n, in_l, pixels) inputs.
     """
     num_insts = params.size(0)
     num_layers = len(weight_nums)
@@ -54,8 +55,8 @@ def parse_dynamic_params(
     weights, biases = splits[:num_layers], splits[num_layers:]
     for layer in range(num_layers):
         out = channels if layer < num_layers - 1 else 1
-        weights[layer] = weights[layer].reshape(num_insts * out, -1, 1, 1)
-        biases[layer] = biases[layer].reshape(num_insts * out)
+        weights[layer] = weights[layer].reshape(num_insts, out, -1)
+        biases[layer] = biases[layer].reshape(num_insts, out, 1)
     return weights, biases
 
 
@@ -154,12 +155,14 @@ class DynamicMaskHead(nn.Module):
             soi = self.sizes_of_interest.float()[instances.fpn_levels]
             rel = (rel / soi.reshape(-1, 1, 1)).to(dtype=mask_feats.dtype)
             inputs = torch.cat([rel, inputs], dim=1)
-        x = inputs.reshape(1, -1, h, w)
         weights, biases = parse_dynamic_params(
             params, self.channels, self.weight_nums, self.bias_nums
         )
+        # AdelaiDet's grouped 1x1 convolution (groups=n) as one batched matrix product: the
+        # same sums, half the time on the CPU, whose grouped convolution loops over the groups.
+        x = inputs
         for layer, (weight, bias) in enumerate(zip(weights, biases)):
-            x = F.conv2d(x, weight, bias=bias, stride=1, padding=0, groups=n)
+            x = torch.baddbmm(bias, weight, x)
             if layer < self.num_layers - 1:
                 x = F.relu(x)
         return aligned_bilinear(x.reshape(n, 1, h, w), factor)
