@@ -55,3 +55,22 @@ def test_quickstart_teacher_needs_the_plain_quickstart_first(tmp_path, monkeypat
     with pytest.raises(FileNotFoundError, match="configs/Quickstart/CondInst_shapes.yaml' first"):
         build_model(cfg)
     assert _load("Quickstart/CondInst-Percep_shapes.yaml").MODEL.PERCEP.TARGET == "gt"
+
+
+@pytest.mark.parametrize(
+    "target, value, reason",
+    [("teacher", "half", "must be one of"), ("gt", "bfloat16", "would be ignored")],
+)
+def test_teacher_autocast_is_refused_by_key_and_value(target, value, reason):
+    from condinst_percep.config import UnsupportedConfigError
+
+    cfg = _load("Quickstart/CondInst-Percep_shapes.yaml")
+    cfg.MODEL.PERCEP.TARGET = target
+    if target == "teacher":
+        cfg.MODEL.TEACHER.CONFIG_FILE, cfg.MODEL.TEACHER.WEIGHTS = "t.yaml", "t.pth"
+    cfg.MODEL.TEACHER.AUTOCAST = value
+    with pytest.raises(UnsupportedConfigError) as e:
+        validate_cfg(cfg)
+    assert len(e.value.problems) == 1
+    assert e.value.problems[0].startswith(f"MODEL.TEACHER.AUTOCAST = {value!r}")
+    assert reason in e.value.problems[0]

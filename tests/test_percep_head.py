@@ -222,6 +222,34 @@ def test_training_under_bf16_autocast_runs_the_teacher_in_bf16(teacher_files):
     assert torch.isfinite(losses["loss_percep"]) and losses["loss_percep"].dtype == torch.float32
 
 
+@pytest.mark.parametrize(
+    "teacher_autocast,student_autocast,teacher_dtype",
+    [("bfloat16", None, torch.bfloat16), ("float32", torch.bfloat16, torch.float32)],
+)
+def test_teacher_autocast_sets_the_teachers_precision_alone(
+    teacher_files, teacher_autocast, student_autocast, teacher_dtype
+):
+    cfg = tiny_percep_cfg("teacher", *teacher_files, **{"MODEL.TEACHER.AUTOCAST": teacher_autocast})
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    reference = build_model(tiny_percep_cfg("teacher", *teacher_files)).train()
+    reference.load_state_dict(model.state_dict())
+    dtypes = {}
+    model.mask_head.teacher.mask_branch.register_forward_hook(
+        lambda m, i, out: dtypes.update(teacher=out.dtype))
+    model.mask_branch.register_forward_hook(lambda m, i, out: dtypes.update(student=out.dtype))
+    with torch.autocast("cpu", dtype=student_autocast or torch.float32,
+                        enabled=student_autocast is not None):
+        torch.manual_seed(1)
+        got = model(make_batch())["loss_percep"]
+        torch.manual_seed(1)
+        expected = reference(make_batch())["loss_percep"]
+    assert dtypes == {"teacher": teacher_dtype, "student": student_autocast or torch.float32}
+    # Other soft targets, so another (close) loss.
+    assert got != expected
+    torch.testing.assert_close(got, expected, rtol=0.1, atol=0)
+
+
 def test_state_dict_optimizer_inference_and_checkpoint_are_plain_condinsts(teacher_files, tmp_path):
     cfg = tiny_percep_cfg("teacher", *teacher_files)
     ours = build_model(cfg)

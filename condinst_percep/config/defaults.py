@@ -319,7 +319,7 @@ _C.MODEL.PERCEP.CROP_MARGIN = -1
 _C.MODEL.PERCEP.CROP_APPROXIMATE = False
 # Precision of the loss network alone: "" the training's, "float32", "bfloat16" or "float16".
 _C.MODEL.PERCEP.AUTOCAST = ""
-# Feed the loss network channels_last inputs (same values).
+# Run the loss network in channels_last (NHWC) memory format (same values; faster on the CPU).
 _C.MODEL.PERCEP.CHANNELS_LAST = False
 
 # The frozen teacher of MODEL.PERCEP.TARGET "teacher": a CondInst config (paths relative to the
@@ -327,4 +327,7 @@ _C.MODEL.PERCEP.CHANNELS_LAST = False
 _C.MODEL.TEACHER = CN()
 _C.MODEL.TEACHER.CONFIG_FILE = ""
 _C.MODEL.TEACHER.WEIGHTS = ""
+# Precision of the teacher's no-grad forward: "" the training's (autocast if AMP is on),
+# "float32", "bfloat16" or "float16". Not "": the soft targets are rounded (an approximation).
+_C.MODEL.TEACHER.AUTOCAST = ""
 # --- end perceptual CondInst ---

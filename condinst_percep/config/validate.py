@@ -11,6 +11,7 @@ from typing import Any
 
 from fvcore.common.config import CfgNode
 
+from ..perceptual.precision import AUTOCAST_NAMES
 from ..utils import comm
 
 # Options that switch between implementations: the values this package implements. A value not
@@ -392,11 +393,13 @@ def _check_percep(cfg: CfgNode, bad) -> None:
         )
     if not p.ENABLED:
         return
+    if t.AUTOCAST not in AUTOCAST_NAMES:
+        bad("MODEL.TEACHER.AUTOCAST", f"must be one of {tuple(AUTOCAST_NAMES)}")
     if p.TARGET == "teacher":
         for key in ("CONFIG_FILE", "WEIGHTS"):
             if not t[key]:
                 bad(f"MODEL.TEACHER.{key}", "MODEL.PERCEP.TARGET 'teacher' needs it")
     elif p.TARGET == "gt":
-        for key in ("CONFIG_FILE", "WEIGHTS"):
+        for key in ("CONFIG_FILE", "WEIGHTS", "AUTOCAST"):
             if t[key]:
                 bad(f"MODEL.TEACHER.{key}", "would be ignored: MODEL.PERCEP.TARGET is 'gt'")

@@ -1,5 +1,4 @@
 """The generic perceptual loss: squared distance of frozen random-network embeddings."""
-import contextlib
 import math
 from collections.abc import Sequence
 
@@ -9,12 +8,13 @@ from torch import nn
 from .chunked_grad import InjectGrad, input_grad
 from .crop import gather_windows, plan_crops, scatter_windows
 from .inputs import check_inputs
+from .precision import AUTOCAST_NAMES, autocast_context, autocast_dtype
 from .random_net import VGG_STRUCTURES, VGG_WIDTHS, RandomPerceptualNet
 
 __all__ = ["PerceptualLoss"]
 
 REDUCTIONS = ("mean", "none")
-AUTOCAST_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16)
+AUTOCAST_DTYPES = tuple(AUTOCAST_NAMES.values())
 
 
 class PerceptualLoss(nn.Module):
@@ -203,7 +203,7 @@ class PerceptualLoss(nn.Module):
             # Speed options; absent keys (configs from before them) mean "off".
             "crop_margin": None if p.get("CROP_MARGIN", -1) < 0 else p.CROP_MARGIN,
             "crop_approximate": p.get("CROP_APPROXIMATE", False),
-            "autocast_dtype": _autocast_dtype(p.get("AUTOCAST", "")),
+            "autocast_dtype": autocast_dtype(p.get("AUTOCAST", ""), "MODEL.PERCEP.AUTOCAST"),
             "channels_last": p.get("CHANNELS_LAST", False),
         }
 
@@ -280,10 +280,9 @@ class PerceptualLoss(nn.Module):
         if dtype is None:
             enabled = torch.is_autocast_enabled(device_type)
             fp16 = enabled and torch.get_autocast_dtype(device_type) == torch.float16
-            return contextlib.nullcontext(), fp16
-        if dtype == torch.float32:
-            return torch.autocast(device_type, enabled=False), False
-        return torch.autocast(device_type, dtype=dtype), dtype == torch.float16
+        else:
+            fp16 = dtype == torch.float16
+        return autocast_context(dtype, device_type), fp16
 
     def _work_items(self, n: int, size, host_boxes, device):
         """(selection, window) per chunk: a slice of instances and no window, or (k,) instance
@@ -364,15 +363,6 @@ class PerceptualLoss(nn.Module):
                 term = self.layer_weights[level] / counts[i] * diff.square().flatten(1).sum(1)
             total = term if total is None else total + term
         return total
-
-
-def _autocast_dtype(name: str) -> torch.dtype | None:
-    names = {
-        "": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16
-    }
-    if name not in names:
-        raise ValueError(f"MODEL.PERCEP.AUTOCAST must be one of {tuple(names)}, got {name!r}")
-    return names[name]
 
 
 def _is_number(x) -> bool:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ...perceptual import PerceptualLoss
+from ...perceptual.precision import AUTOCAST_NAMES, autocast_context, autocast_dtype
 from ...structures import Instances
 from .dynamic_mask_head import MASK_HEAD_REGISTRY, DynamicMaskHead
 
@@ -28,7 +29,8 @@ class PercepMaskHead(DynamicMaskHead):
     - ``"teacher"``: the frozen ``teacher`` CondInst, run on the student's normalised padded
       batch without grad; its controller output at the instance's image, FPN level and location
       drives its own dynamic mask head over its own mask features; the sigmoid is the target.
-      Under autocast it runs in the autocast dtype, like the student.
+      It runs in ``teacher_autocast`` (``MODEL.TEACHER.AUTOCAST``), by default None: the
+      training's precision (the autocast dtype under AMP, like the student).
 
     The loss network (inside ``percep_loss``) and the teacher are plain attributes, not
     submodules: they are absent from ``state_dict()``, ``parameters()`` and ``buffers()`` (so
@@ -42,6 +44,7 @@ class PercepMaskHead(DynamicMaskHead):
         percep_loss: PerceptualLoss,
         target: str = "gt",
         teacher: nn.Module | None = None,
+        teacher_autocast: torch.dtype | None = None,
         fpn_strides: tuple[int, ...] = (8, 16, 32, 64, 128),
         **kwargs,
     ):
@@ -58,7 +61,13 @@ class PercepMaskHead(DynamicMaskHead):
                 "PercepMaskHead's loss network must take 1 channel (one mask per instance), got "
                 f"in_channels={percep_loss.net.in_channels}"
             )
+        if teacher_autocast not in AUTOCAST_NAMES.values():
+            raise ValueError(
+                f"teacher_autocast must be one of {tuple(AUTOCAST_NAMES.values())}, got "
+                f"{teacher_autocast!r}"
+            )
         self.target = target
+        self.teacher_autocast = teacher_autocast
         self.fpn_strides = tuple(fpn_strides)
         # Stored in __dict__, bypassing nn.Module registration (see the class docstring).
         self.__dict__["percep_loss"] = percep_loss.requires_grad_(False)
@@ -90,6 +99,9 @@ class PercepMaskHead(DynamicMaskHead):
             percep_loss=percep_loss,
             target=p.TARGET,
             teacher=teacher,
+            teacher_autocast=autocast_dtype(
+                cfg.MODEL.TEACHER.get("AUTOCAST", ""), "MODEL.TEACHER.AUTOCAST"
+            ),
             fpn_strides=tuple(cfg.MODEL.FCOS.FPN_STRIDES),
         )
 
@@ -180,7 +192,7 @@ class PercepMaskHead(DynamicMaskHead):
 
     def teacher_soft_masks(self, images: torch.Tensor | None, instances: Instances) -> torch.Tensor:
         """(n, 1, Hp/4, Wp/4): sigmoid of the teacher's mask logits at the student's instances,
-        without grad, in the teacher's compute dtype (the autocast dtype under autocast)."""
+        without grad, in ``teacher_autocast`` (the training's precision when None)."""
         if images is None:
             raise ValueError(
                 "PercepMaskHead with a teacher needs `images`, the student's padded batch "
@@ -192,5 +204,5 @@ class PercepMaskHead(DynamicMaskHead):
                 f"the teacher is on {device} but the images are on {images.device}: move the "
                 "student with .to(), which moves the teacher along"
             )
-        with torch.no_grad():
+        with torch.no_grad(), autocast_context(self.teacher_autocast, images.device.type):
             return self.teacher.mask_logits_on(images, instances).sigmoid()
