@@ -225,3 +225,60 @@ def test_stop_signal_finishes_the_iteration_checkpoints_and_exits(tmp_path, sign
     resumed.data_loader = itertools.islice(_loader(), start, None)
     resumed.train(start, 12)
     assert torch.allclose(resumed_model.linear.weight, reference.linear.weight, atol=1e-7)
+
+
+def _ddp_worker(rank, init_file, results):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from condinst_percep.utils.host_sync import HostSyncAudit
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        # A stop signal reaching rank 1 alone, during iteration 3's forward.
+        torch.manual_seed(0)
+        model = _SignalAt(at=3, signum=signal.SIGTERM) if rank == 1 else _Regressor()
+        trainer = SimpleTrainer(DistributedDataParallel(model), _loader(),
+                                torch.optim.SGD(model.parameters(), lr=0.01))
+        try:
+            trainer.train(0, 20)
+            stop = "completed"
+        except SystemExit as e:
+            stop = (e.code, trainer.iter, model.calls)
+        # A NaN loss on rank 0 alone, at iteration 2.
+        torch.manual_seed(0)
+        model = _Regressor(bad_at=2 if rank == 0 else -1)
+        trainer = SimpleTrainer(DistributedDataParallel(model), _loader(),
+                                torch.optim.SGD(model.parameters(), lr=0.01))
+        try:
+            trainer.train(0, 5)
+            nan = "completed"
+        except FloatingPointError as e:
+            nan = str(e).split(":")[0]
+        finite = bool(torch.isfinite(model.linear.weight).all())
+        # The host reads of one DDP iteration.
+        with EventStorage(0), HostSyncAudit() as audit:
+            trainer.run_step()
+        results.put((rank, stop, nan, finite, dict(audit.points)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_processes_agree_on_stop_and_non_finite_loss_through_the_one_read(tmp_path):
+    import torch.multiprocessing as mp
+
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), results), nprocs=2)
+    out = sorted(results.get() for _ in range(2))
+    for rank, stop, nan, finite, points in out:
+        # Rank 1's flag reached rank 0 in iteration 3's read: both finished iteration 3 and
+        # stopped before 4, with the shell's code for SIGTERM.
+        assert stop == (128 + signal.SIGTERM, 4, 4), (rank, stop)
+        assert nan == "Loss became non-finite at iteration 2", (rank, nan)
+        assert finite
+        # One DDP iteration waits for the device once: the loop's read.
+        assert len(points) == 1, points
+        [(key, count)] = points.items()
+        assert key.startswith("tolist at condinst_percep/engine/train_loop.py:"), key
+        assert key.endswith(" (_reduce_and_check)") and count == 1, points

@@ -1,9 +1,11 @@
-"""The training loop: hooks around an iteration, and the iteration itself (forward, loss check,
-backward with optional autocast and grad scaling, clipping, optimizer step)."""
+"""The training loop: hooks around an iteration, and the iteration itself (forward with optional
+autocast, backward with optional grad scaling, loss/gradient/stop check in one host read,
+clipping, optimizer step)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -49,12 +51,15 @@ class StopSignals:
     finishes the current iteration, checkpoints and exits. A second SIGINT interrupts at once.
 
     Handlers can only be installed from the main thread; elsewhere this does nothing.
+    ``agreed`` is for trainers whose processes must stop together: whether any process had a
+    signal at the last point where they exchanged their flags.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.agreed = False
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame) -> None:
@@ -162,6 +167,12 @@ class SimpleTrainer(TrainerBase):
     """One iteration = one batch from ``data_loader`` through ``model``, the sum of its loss
     dict backpropagated, and one ``optimizer`` step.
 
+    The host waits for the device once per iteration (besides the model's own, inherent
+    points and, with fp16, the grad scaler's): after backward, the losses, a flag "every
+    gradient is finite" and the local stop flag are all-reduced as one tensor and read
+    together. A non-finite value raises FloatingPointError before the step, on every process
+    at the same iteration; a stop flag takes effect when the next iteration starts.
+
     Args:
         model: returns a dict of scalar losses in training mode (possibly DDP-wrapped).
         data_loader: an iterable of batches (lists of dicts), infinite for training.
@@ -207,12 +218,10 @@ class SimpleTrainer(TrainerBase):
 
     def stop_requested(self) -> bool:
         # All processes must stop at the same iteration, or the others would wait forever in
-        # the next collective: agree on the flag before touching the data.
-        local = super().stop_requested()
+        # the next collective: they agree on the flags exchanged in the last iteration's read.
         if comm.get_world_size() == 1:
-            return local
-        device = next(self.model.parameters()).device
-        return bool(comm.reduce_mean(torch.tensor([float(local)], device=device)).item() > 0)
+            return super().stop_requested()
+        return self.signals.agreed
 
     def run_step(self) -> None:
         assert self.model.training, "SimpleTrainer: the model was switched to eval mode"
@@ -231,38 +240,68 @@ class SimpleTrainer(TrainerBase):
             loss_dict = self.model(data)
         loss_dict = {k: v.float() for k, v in loss_dict.items()}
         losses = sum(loss_dict.values())
-        # Averaged over processes before backward so that every rank sees the same values and
-        # stops together on a non-finite loss instead of hanging in the gradient all-reduce.
-        reduced = self._reduce_and_check(loss_dict)
 
         self.optimizer.zero_grad(set_to_none=True)
+        # Backward runs before the checks: on a non-finite loss it only writes gradients that
+        # no step will use, and every process runs it, so none waits alone in DDP's all-reduce.
         if self.grad_scaler is not None:
             self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
+        reduced = self._reduce_and_check(loss_dict)
+
+        if self.grad_scaler is not None:
             if self.grad_clipper is not None:
                 self.grad_scaler.unscale_(self.optimizer)
                 self.grad_clipper(self._trainable_params())
+            # Reads its found-inf flag on the host and skips the step on overflow.
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            losses.backward()
-            self._check_gradients()
             if self.grad_clipper is not None:
                 self.grad_clipper(self._trainable_params())
             self.optimizer.step()
         self._write_metrics(reduced, data_time)
 
-    def _check_gradients(self) -> None:
-        """Raise before the step if a gradient is non-finite although the loss was finite.
+    def _reduce_and_check(self, loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The iteration's one host read: the losses, whether every gradient is finite and the
+        local stop flag, averaged over processes in one all-reduce and read with one
+        ``tolist``. Records the agreed stop flag; returns the averaged losses.
 
-        Without a gradient scaler (fp16 skips such steps itself), the step would write NaN or
-        inf into the weights; the next checkpoint would hold them and the loss check would only
-        fire one iteration later. The max-norm cannot overflow and propagates NaN; it costs one
-        read of the gradients and one host sync per iteration. DDP has already averaged the
-        gradients here, so every process raises at the same iteration.
+        Raises FloatingPointError, before the step, if a loss is non-finite (naming it and the
+        iteration), else if a gradient is non-finite although every loss was finite (naming
+        the parameters). DDP has averaged the gradients and this averages the rest, so every
+        process raises at the same iteration. Without a gradient scaler (fp16 skips such steps
+        itself) a non-finite gradient would write NaN or inf into the weights and the next
+        checkpoint; the inf-norm used for the check cannot overflow and propagates NaN.
         """
+        names = sorted(loss_dict)
+        values = [loss_dict[k].detach() for k in names]
+        device = values[0].device
         grads = [p.grad for p in self._trainable_params()]
-        if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf"))):
-            return
+        if self.grad_scaler is None and grads:
+            norm = torch.nn.utils.get_total_norm(grads, float("inf"))
+            grads_finite = torch.isfinite(norm).to(device, torch.float32)
+        else:
+            grads_finite = torch.ones((), device=device)
+        stop = torch.full((), float(self.signals.signum is not None), device=device)
+        *loss_values, grads_ok, stop_mean = comm.reduce_mean(
+            torch.stack([*values, grads_finite, stop])
+        ).tolist()
+        self.signals.agreed = stop_mean > 0
+        reduced = dict(zip(names, loss_values))
+        bad = [k for k, v in reduced.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(
+                f"Loss became non-finite at iteration {self.iter}: "
+                + ", ".join(f"{k} = {reduced[k]}" for k in bad)
+                + f" (all losses: {reduced})"
+            )
+        if grads_ok < 1:
+            self._raise_non_finite_gradients()
+        return reduced
+
+    def _raise_non_finite_gradients(self) -> None:
         names = {p: n for n, p in getattr(self.model, "module", self.model).named_parameters()}
         bad = [
             names.get(p, "?")
@@ -278,20 +317,6 @@ class SimpleTrainer(TrainerBase):
 
     def _trainable_params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-
-    def _reduce_and_check(self, loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
-        names = sorted(loss_dict)
-        stacked = torch.stack([loss_dict[k].detach() for k in names])
-        values = comm.reduce_mean(stacked).tolist()
-        reduced = dict(zip(names, values))
-        bad = [k for k, v in reduced.items() if not torch.isfinite(torch.tensor(v))]
-        if bad:
-            raise FloatingPointError(
-                f"Loss became non-finite at iteration {self.iter}: "
-                + ", ".join(f"{k} = {reduced[k]}" for k in bad)
-                + f" (all losses: {reduced})"
-            )
-        return reduced
 
     def _write_metrics(self, reduced: dict[str, float], data_time: float) -> None:
         if not comm.is_main_process():
