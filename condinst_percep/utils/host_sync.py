@@ -9,14 +9,24 @@ dispatch mode that notes every such op together with the innermost line of the c
 package, so a CPU-only test can pin the list of synchronisation points in a training step.
 
 Host-to-device copies of inputs (``.to("cuda")``) are not counted: on the CPU every tensor is
-already where it goes.
+already where it goes. Explicit copies to the host (``.cpu()``) are; ``.to("cpu")`` is not
+(on a CPU run it cannot be told apart from a move to the model's device).
+
+Code that reads tensors which are on the host by design (the data loader's CPU tensors,
+checked before they are moved to the device) can be set apart with ``allow``; see
+:data:`HOST_SIDE_BY_DESIGN`.
+
+Command line (one training iteration of ``train_net.py``'s trainer on one batch of the
+config's training set, at the config's device; prints the points)::
+
+    python -m condinst_percep.utils.host_sync --config-file CONFIG [KEY VALUE ...]
 """
 from __future__ import annotations
 
 import collections
 import os
 import sys
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -45,7 +55,16 @@ _SYNC_WITH_BOOL_INDEX = {
     aten._index_put_impl_.default,
 }
 # Tensor methods that read the whole tensor on the host without passing through dispatch.
-_HOST_READ_METHODS = {torch.Tensor.tolist, torch.Tensor.numpy}
+_HOST_READ_METHODS = {torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu}
+
+# Code of this package that reads tensors on the host on purpose, with the reason. Keys are
+# "path" or "path:function", paths relative to the package's parent folder.
+HOST_SIDE_BY_DESIGN: dict[str, str] = {
+    "condinst_percep/modeling/condinst/inputs.py": (
+        "checks the data loader's inputs while they are still CPU tensors, before CondInst "
+        "moves them to the device"
+    ),
+}
 
 
 def _has_bool_index(args) -> bool:
@@ -94,18 +113,26 @@ class HostSyncAudit:
     file lies under one of ``roots`` (default: this package), paths relative to the root's
     parent. Points reached only from outside the roots are keyed ``"<op> at <outside>"``.
 
+    Points whose frame matches a key of ``allow`` (``"path"`` or ``"path:function"``) go to
+    ``allowed`` instead of ``points``, with the reason given as the key's value.
+
     Example::
 
-        with HostSyncAudit() as audit:
+        with HostSyncAudit(allow=HOST_SIDE_BY_DESIGN) as audit:
             loss = sum(model(batch).values())
             loss.backward()
         print(audit.report())
     """
 
-    def __init__(self, roots: Iterable[str] | None = None):
+    def __init__(
+        self, roots: Iterable[str] | None = None, allow: Mapping[str, str] | None = None
+    ):
         package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.roots = tuple(os.path.abspath(r) for r in (roots or (package,)))
+        self.allow = dict(allow or {})
         self.points: collections.Counter[str] = collections.Counter()
+        self.allowed: collections.Counter[str] = collections.Counter()
+        self._allow_keys_used: set[str] = set()
         self._modes: list = []
 
     def _record(self, op: str) -> None:
@@ -115,7 +142,16 @@ class HostSyncAudit:
             root = next((r for r in self.roots if path.startswith(r + os.sep)), None)
             if root is not None and path != _THIS_FILE:
                 where = os.path.relpath(path, os.path.dirname(root))
-                self.points[f"{op} at {where}:{frame.f_lineno} ({frame.f_code.co_name})"] += 1
+                function = frame.f_code.co_name
+                key = f"{op} at {where}:{frame.f_lineno} ({function})"
+                allow_key = next(
+                    (k for k in (where, f"{where}:{function}") if k in self.allow), None
+                )
+                if allow_key is None:
+                    self.points[key] += 1
+                else:
+                    self.allowed[key] += 1
+                    self._allow_keys_used.add(allow_key)
                 return
             frame = frame.f_back
         self.points[f"{op} at <outside>"] += 1
@@ -133,8 +169,57 @@ class HostSyncAudit:
 
     @property
     def total(self) -> int:
+        """Number of synchronisations recorded, the allowed ones not included."""
         return sum(self.points.values())
 
     def report(self) -> str:
-        """One line per synchronisation point, most frequent first."""
-        return "\n".join(f"{n:5d}  {key}" for key, n in self.points.most_common()) or "(none)"
+        """One line per synchronisation point, most frequent first; then the allowed ones."""
+        lines = [f"{n:5d}  {key}" for key, n in self.points.most_common()] or ["(none)"]
+        if self.allowed:
+            lines.append("allowed (host-side by design):")
+            lines += [f"{n:5d}  {key}" for key, n in self.allowed.most_common()]
+            lines += [f"       {k}: {self.allow[k]}" for k in sorted(self._allow_keys_used)]
+        return "\n".join(lines)
+
+
+def audit_training_step(cfg) -> HostSyncAudit:
+    """Audits one ``Trainer.run_step`` (forward, backward, checks, optimizer step) of the model
+    ``cfg`` describes, on the first batch of its training loader fetched beforehand, with
+    :data:`HOST_SIDE_BY_DESIGN` allowed. ``cfg.OUTPUT_DIR`` receives the trainer's writers'
+    files; ``MODEL.WEIGHTS`` is not loaded (the weights do not change where the host waits)."""
+    from ..data import build_detection_train_loader
+    from ..engine import Trainer
+    from .events import EventStorage
+
+    trainer = Trainer(cfg)
+    trainer.data_loader = [next(iter(build_detection_train_loader(cfg)))]
+    with EventStorage(0), HostSyncAudit(allow=HOST_SIDE_BY_DESIGN) as audit:
+        trainer.run_step()
+    return audit
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import tempfile
+
+    from ..config import get_cfg
+
+    parser = argparse.ArgumentParser(
+        prog="python -m condinst_percep.utils.host_sync",
+        description="Lists where one training iteration makes the host wait for the device.",
+    )
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    with tempfile.TemporaryDirectory() as output_dir:
+        cfg.OUTPUT_DIR = output_dir
+        audit = audit_training_step(cfg)
+    print(audit.report())
+    print(f"total {audit.total} (allowed {sum(audit.allowed.values())})")
+
+
+if __name__ == "__main__":
+    main()
