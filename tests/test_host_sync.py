@@ -24,6 +24,8 @@ FCOS_OUTPUTS = "condinst_percep/modeling/fcos/fcos_outputs.py"
 CONDINST = "condinst_percep/modeling/condinst/condinst.py"
 TRAIN_LOOP = "condinst_percep/engine/train_loop.py"
 INPUTS = "condinst_percep/modeling/condinst/inputs.py"
+PERCEP_INPUTS = "condinst_percep/perceptual/inputs.py"
+CROP = "condinst_percep/perceptual/crop.py"
 
 
 def _by_function(points: collections.Counter) -> collections.Counter:
@@ -175,6 +177,8 @@ ONE_NONZERO = {("nonzero", FCOS_OUTPUTS, "fcos_losses"): 1}
         ("percep_gt", ONE_NONZERO),
         ("percep_teacher", ONE_NONZERO),
         ("topk", {**ONE_NONZERO, ("index", CONDINST, "_topk_per_gt"): 1}),
+        # Crop-to-box: the boxes and the value checks reach the host in one copy.
+        ("percep_crop", {**ONE_NONZERO, ("tolist", PERCEP_INPUTS, "check_inputs"): 1}),
     ],
 )
 def test_training_step_syncs_only_at_the_documented_points(variant, expected, teacher_files):
@@ -184,6 +188,8 @@ def test_training_step_syncs_only_at_the_documented_points(variant, expected, te
         "percep_teacher": lambda: tiny_percep_cfg("teacher", *teacher_files),
         "topk": lambda: tiny_cfg(**{"MODEL.CONDINST.MAX_PROPOSALS": -1,
                                     "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 4}),
+        "percep_crop": lambda: tiny_percep_cfg("gt", **{"MODEL.PERCEP.CROP_MARGIN": 2,
+                                                        "MODEL.PERCEP.CROP_APPROXIMATE": True}),
     }[variant]()
     teacher_calls = []
     if variant == "percep_teacher":
@@ -203,8 +209,12 @@ def test_training_step_syncs_only_at_the_documented_points(variant, expected, te
             condinst.CondInst.mask_logits_on = original
     assert dict(_by_function(audit.points)) == expected, audit.report()
     # The input checks read the loader's CPU tensors (three reads per image with objects).
-    assert {path for _, path, _ in _by_function(audit.allowed)} == {INPUTS}
-    assert sum(audit.allowed.values()) == 3 * len(make_batch())
+    # The crop planner works on that host copy of the boxes.
+    crop_planner = {(CROP, "plan_crops")} if variant == "percep_crop" else set()
+    allowed = {(path, function) for _, path, function in _by_function(audit.allowed)}
+    assert allowed == {(INPUTS, "check_gt_instances")} | crop_planner
+    input_checks = sum(n for point, n in audit.allowed.items() if INPUTS in point)
+    assert input_checks == 3 * len(make_batch())
     # The paths meant to be audited did run.
     assert all(torch.isfinite(v) for v in losses.values())
     if variant.startswith("percep"):

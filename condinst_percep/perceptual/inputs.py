@@ -88,8 +88,8 @@ def check_inputs(
     payload = torch.stack(flags).double()
     if boxes is not None:
         payload = torch.cat([payload, boxes.detach().to(pred.device, torch.float64).flatten()])
-    host = payload.cpu()
-    ok = host[: len(flags)].bool().tolist()
+    host = payload.tolist()
+    ok = [bool(v) for v in host[: len(flags)]]
     if check_values and not ok[0]:
         raise ValueError("pred holds non-finite values (NaN or inf)")
     if check_values and not ok[1]:
@@ -103,7 +103,7 @@ def check_inputs(
         return None
     if not ok[-1]:
         raise ValueError("boxes hold non-finite values (NaN or inf)")
-    return host[len(flags) :].reshape(n, 4)
+    return torch.tensor(host[len(flags) :], dtype=torch.float64).reshape(n, 4)
 
 
 def _describe(x) -> str:

@@ -64,6 +64,10 @@ HOST_SIDE_BY_DESIGN: dict[str, str] = {
         "checks the data loader's inputs while they are still CPU tensors, before CondInst "
         "moves them to the device"
     ),
+    "condinst_percep/perceptual/crop.py:plan_crops": (
+        "plans the crop windows on the host copy of the boxes that the loss's input check "
+        "made (that copy is the crop path's one synchronisation)"
+    ),
 }
 
 
