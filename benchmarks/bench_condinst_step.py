@@ -5,9 +5,10 @@ load hits all cases alike), medians and ratios from the same run:
 
 ``step``: forward + backward + SGD step of the real model built from ``--config`` (default the
     quickstart) on a synthetic batch, per variant: ``none`` (plain CondInst, no loss) or a loss
-    network ``STRUCTURE[/DIV][@CHUNK]`` (``1,1,1,1,1``, ``vgg16``, ``vgg19``; ``/8`` divides the
-    widths 64..512 by 8, as the quickstart's loss does; ``@16`` sets MODEL.PERCEP.CHUNK_SIZE to
-    16, else ``--chunk-size``), each in fp32 and/or under bf16/fp16 autocast
+    network ``STRUCTURE[/DIV][@CHUNK][+cl][+bf16net]`` (``1,1,1,1,1``, ``vgg16``, ``vgg19``;
+    ``/8`` divides the widths 64..512 by 8, as the quickstart's loss does; ``@16`` sets
+    MODEL.PERCEP.CHUNK_SIZE to 16, else ``--chunk-size``; ``+cl`` sets CHANNELS_LAST and
+    ``+bf16net`` AUTOCAST "bfloat16" for that variant alone), each in fp32 and/or under bf16/fp16 autocast
     (``--precisions``). Peak memory of one step: CUDA ``max_memory_allocated``; CPU peak RSS.
 ``inference``: latency per image of ``model.eval()`` for the same variants (the loss must cost
     nothing at inference).
@@ -55,15 +56,25 @@ BATCH_DEFAULTS = {
 }
 
 
+# Variant suffixes: loss-network options set for that variant alone.
+VARIANT_OPTIONS = {"cl": ("CHANNELS_LAST", True), "bf16net": ("AUTOCAST", "bfloat16")}
+
+
 def parse_variant(text: str):
-    """'none' → None; 'STRUCTURE[/DIV][@CHUNK]' → (structure, widths, chunk size or None)."""
+    """'none' → None; 'STRUCTURE[/DIV][@CHUNK][+cl][+bf16net]' → (structure, widths, chunk size
+    or None, {MODEL.PERCEP key: value} of the suffixes)."""
     if text == "none":
         return None
+    text, *suffixes = text.split("+")
+    unknown = [x for x in suffixes if x not in VARIANT_OPTIONS]
+    if unknown:
+        raise SystemExit(f"variant {text!r}: unknown suffix(es) {unknown}; known: "
+                         f"{sorted(VARIANT_OPTIONS)}")
     text, _, chunk = text.partition("@")
     structure, _, div = text.partition("/")
     div = int(div or 1)
     return (parse_structure(structure), tuple(w // div for w in VGG_WIDTHS),
-            int(chunk) if chunk else None)
+            int(chunk) if chunk else None, dict(VARIANT_OPTIONS[x] for x in suffixes))
 
 
 def build_cfg(args, variant, teacher_files):
@@ -79,7 +90,9 @@ def build_cfg(args, variant, teacher_files):
         cfg.MODEL.CONDINST.MASK_HEAD.NAME = "DynamicMaskHead"
         cfg.MODEL.PERCEP.ENABLED = False
         return cfg
-    structure, widths, chunk = variant
+    structure, widths, chunk, options = variant
+    for key, value in options.items():
+        cfg.MODEL.PERCEP[key] = value
     cfg.MODEL.CONDINST.MASK_HEAD.NAME = "PercepMaskHead"
     cfg.MODEL.PERCEP.ENABLED = True
     cfg.MODEL.PERCEP.STRUCTURE = structure
@@ -273,7 +286,7 @@ def condinst_like_inputs(args, device):
 
 def run_loss_mode(args) -> tuple[list[str], list[list]]:
     device = torch.device(args.device)
-    structure, widths, _ = parse_variant(args.variants[0])
+    structure, widths, *_ = parse_variant(args.variants[0])
     net = RandomPerceptualNet(1, structure=structure, widths=widths).to(device)
     inputs = condinst_like_inputs(args, device)
     chunk = args.chunk_size or None
@@ -337,7 +350,7 @@ def run_plan_mode(args) -> tuple[list[str], list[list]]:
     boxes = torch.cat([centre - half, centre + half], dim=1)
     rows = []
     for text in args.variants:
-        structure, widths, _ = parse_variant(text)
+        structure, widths, *_ = parse_variant(text)
         net = RandomPerceptualNet(1, structure=structure, widths=widths)
         margin = net.support_radius(net.num_blocks - 1)
         groups = plan_crops(boxes, (h, w), margin, 2**net.num_blocks, torch.device("cpu"))

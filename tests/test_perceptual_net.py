@@ -69,7 +69,8 @@ def test_frozen_conv_input_gradient_passes_gradcheck(in_channels, kernel_size):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_input_gradient_matches_plain_torch_layers(channels_last):
-    structure = (1, 2, 1)
+    # Two convolutions in the first block: the first one's output is ReLU'd in place.
+    structure = (2, 2, 1)
     net = RandomPerceptualNet(1, structure=structure, widths=(4, 6, 8), seed=2)
     x = torch.rand(3, 1, 21, 18, requires_grad=True)
     net(x, channels_last=channels_last)[-1].square().sum().backward()

@@ -28,20 +28,29 @@ INITS = ("he", "normal", "uniform", "xavier")
 
 
 class _FrozenConvFunction(torch.autograd.Function):
-    """``conv2d(x, weight, bias)``, stride 1, "same" padding, differentiable in ``x`` only.
+    """``conv2d(x, weight, bias)``, stride 1, "same" padding, differentiable in ``x`` only;
+    the output in channels_last memory format if ``channels_last``.
 
     The input gradient of a stride-1 convolution with padding k // 2 is the output gradient
     convolved, with the same padding, by the kernel flipped in space with its in/out channels
     swapped. It is computed here as that forward convolution because oneDNN's backward-data
-    kernel is 3-4x slower than its forward kernel when the convolution's input is narrow (the
-    1-channel masks of the first layer: docs/benchmarks.md); for other shapes both cost the same.
+    kernel is 2-5x slower than its forward kernel when the convolution's input is narrow (the
+    1-channel masks of the first layer: ``benchmarks/bench_kernels.py``); for other shapes both
+    cost the same.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, channels_last: bool
+    ) -> torch.Tensor:
         ctx.save_for_backward(weight)
         ctx.input_dtype = x.dtype
-        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
+        out = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
+        if channels_last:
+            # A 1-channel input has no distinct channels_last layout, so the convolution
+            # keeps NCHW unless told.
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -51,7 +60,7 @@ class _FrozenConvFunction(torch.autograd.Function):
         # must not recast it.
         with torch.autocast(grad.device.type, enabled=False):
             grad_x = F.conv2d(grad, adjoint, padding=weight.shape[-1] // 2)
-        return grad_x.to(ctx.input_dtype), None, None
+        return grad_x.to(ctx.input_dtype), None, None, None
 
 
 class FrozenConv2d(nn.Module):
@@ -67,8 +76,8 @@ class FrozenConv2d(nn.Module):
         self.register_buffer("weight", weight, persistent=False)
         self.register_buffer("bias", bias, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _FrozenConvFunction.apply(x, self.weight, self.bias)
+    def forward(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        return _FrozenConvFunction.apply(x, self.weight, self.bias, channels_last)
 
     def extra_repr(self) -> str:
         c_out, c_in, k, _ = self.weight.shape
@@ -290,18 +299,18 @@ class RandomPerceptualNet(nn.Module):
         if x.dtype != self.dtype:
             x = x.to(self.dtype)
         if self.input_proj is not None:
-            x = self.input_proj(x)
+            x = self.input_proj(x, channels_last=channels_last)
         outputs = []
         for block in self.blocks:
-            for conv in block:
-                x = conv(x)
-                if channels_last:
-                    # Every output, not only the input: a 1-channel input has no distinct
-                    # channels_last layout, so the convolution would keep NCHW.
-                    x = x.contiguous(memory_format=torch.channels_last)
-                # In place is safe: conv's backward needs its weight, not its output.
+            for i, conv in enumerate(block):
+                x = conv(x, channels_last=channels_last)
+                if i == len(block) - 1:
+                    # max-pool(ReLU(x)) == ReLU(max-pool(x)), with the same gradient (the pool
+                    # picks the same element; where the maximum is <= 0 both give 0), and the
+                    # ReLU then runs on a quarter of the pixels.
+                    x = F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+                # In place is safe: neither conv's nor max-pool's backward needs this tensor.
                 x = F.relu(x, inplace=True)
-            x = F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
             outputs.append(x)
         return outputs
 
