@@ -233,28 +233,28 @@ def _ddp_worker(rank, init_file, results):
 
     from condinst_percep.utils.host_sync import HostSyncAudit
 
+    def train(model, iterations, stopped_by):
+        """(trainer, the exception that stopped it or None)."""
+        trainer = SimpleTrainer(DistributedDataParallel(model), _loader(),
+                                torch.optim.SGD(model.parameters(), lr=0.01))
+        try:
+            trainer.train(0, iterations)
+        except stopped_by as e:
+            return trainer, e
+        return trainer, None
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         # A stop signal reaching rank 1 alone, during iteration 3's forward.
         torch.manual_seed(0)
         model = _SignalAt(at=3, signum=signal.SIGTERM) if rank == 1 else _Regressor()
-        trainer = SimpleTrainer(DistributedDataParallel(model), _loader(),
-                                torch.optim.SGD(model.parameters(), lr=0.01))
-        try:
-            trainer.train(0, 20)
-            stop = "completed"
-        except SystemExit as e:
-            stop = (e.code, trainer.iter, model.calls)
+        trainer, e = train(model, 20, SystemExit)
+        stop = "completed" if e is None else (e.code, trainer.iter, model.calls)
         # A NaN loss on rank 0 alone, at iteration 2.
         torch.manual_seed(0)
         model = _Regressor(bad_at=2 if rank == 0 else -1)
-        trainer = SimpleTrainer(DistributedDataParallel(model), _loader(),
-                                torch.optim.SGD(model.parameters(), lr=0.01))
-        try:
-            trainer.train(0, 5)
-            nan = "completed"
-        except FloatingPointError as e:
-            nan = str(e).split(":")[0]
+        trainer, e = train(model, 5, FloatingPointError)
+        nan = "completed" if e is None else str(e).split(":")[0]
         finite = bool(torch.isfinite(model.linear.weight).all())
         # The host reads of one DDP iteration.
         with EventStorage(0), HostSyncAudit() as audit:
