@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from percep_helpers import make_batch, tiny_cfg, tiny_percep_cfg, write_teacher  # noqa: E402
 
 from condinst_percep.engine.train_loop import SimpleTrainer  # noqa: E402
+from condinst_percep.layers.host_values import segment_ids, values_on  # noqa: E402
 from condinst_percep.modeling import build_model  # noqa: E402
 from condinst_percep.utils.events import EventStorage  # noqa: E402
 from condinst_percep.utils.host_sync import HOST_SIDE_BY_DESIGN, HostSyncAudit  # noqa: E402
@@ -85,6 +86,14 @@ def _equal(x):
     return torch.equal(x, x)
 
 
+def _host_data_to_device(x):
+    return torch.tensor([1.0, 2.0], device=x.device)
+
+
+def _host_scalar_to_device(x):
+    return x.new_tensor(3.0)
+
+
 def _device_only(x):
     # Output sizes known on the host: none of these waits for the device.
     idx = torch.tensor([0, 2])
@@ -93,13 +102,17 @@ def _device_only(x):
         x.masked_fill(x > 2, 0), torch.where(x > 2, x, 0), x.cumsum(0), x.clamp_min(1),
         torch.repeat_interleave(x, torch.ones(len(x), dtype=torch.int64), output_size=len(x)),
         x.to("cpu"), x.max(),
+        # Host data left on the host, fill kernels, scalars as kernel arguments, copies of
+        # device tensors.
+        torch.tensor([1, 2]), torch.full((2,), 3.0, device=x.device), x * 2.0,
+        torch.as_tensor(x, device=x.device), values_on([8, 16], x.device), segment_ids([2, 1], x.device),
     )
 
 
 def test_audit_finds_each_kind_of_host_read_by_function():
     x = torch.arange(6.0)
     funcs = [_item, _truth, _nonzero, _bool_index, _bool_index_put, _tolist, _to_host, _unique,
-             _bincount, _repeat_interleave, _equal]
+             _bincount, _repeat_interleave, _equal, _host_data_to_device, _host_scalar_to_device]
     with HostSyncAudit(roots=[TESTS]) as audit:
         for f in funcs:
             f(x)
@@ -110,6 +123,8 @@ def test_audit_finds_each_kind_of_host_read_by_function():
     assert ("nonzero", "_nonzero") in found
     assert ("tolist", "_tolist") in found and ("cpu", "_to_host") in found
     assert ("repeat_interleave", "_repeat_interleave") in found and ("equal", "_equal") in found
+    assert ("tensor_from_host", "_host_data_to_device") in found
+    assert ("new_tensor_from_host", "_host_scalar_to_device") in found
     assert audit.total == sum(audit.points.values()) >= len(funcs)
 
 
@@ -138,6 +153,16 @@ def test_points_outside_the_roots_are_counted_as_outside():
     with HostSyncAudit(roots=[os.path.join(TESTS, "data")]) as audit:
         _item(torch.ones(2))
     assert audit.points == collections.Counter({"_local_scalar_dense at <outside>": 1})
+
+
+def test_host_values_equal_the_copies_they_replace():
+    for values, dtype in [([8, 16, 32], torch.float32), ([-1.0, 1e8], torch.float32),
+                          ([3, 0, 5], torch.int64), ([], torch.float32)]:
+        got = values_on(values, torch.device("cpu"), dtype)
+        assert got.dtype == dtype and torch.equal(got, torch.tensor(values, dtype=dtype))
+    for lengths in ([3, 0, 2], [0], [], [1, 1, 1, 4]):
+        expected = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.int64))
+        assert torch.equal(segment_ids(lengths, torch.device("cpu")), expected)
 
 
 # -------------------------------------------------------------------- the training step

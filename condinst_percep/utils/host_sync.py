@@ -8,9 +8,11 @@ they can be *found* here, which is what :class:`HostSyncAudit` does: it runs the
 dispatch mode that notes every such op together with the innermost line of the calling
 package, so a CPU-only test can pin the list of synchronisation points in a training step.
 
-Host-to-device copies of inputs (``.to("cuda")``) are not counted: on the CPU every tensor is
-already where it goes. Explicit copies to the host (``.cpu()``) are; ``.to("cpu")`` is not
-(on a CPU run it cannot be told apart from a move to the model's device).
+Tensors built from host data on a device (``torch.tensor(values, device=...)``,
+``x.new_tensor(value)``) are counted: on a GPU they copy from pageable memory and wait for the
+stream. Moves of existing tensors (``.to("cuda")``) are not: on the CPU every tensor is already
+where it goes. Explicit copies to the host (``.cpu()``) are counted; ``.to("cpu")`` is not (on
+a CPU run it cannot be told apart from a move to the model's device).
 
 Code that reads tensors which are on the host by design (the data loader's CPU tensors,
 checked before they are moved to the device) can be set apart with ``allow``; see
@@ -56,6 +58,11 @@ _SYNC_WITH_BOOL_INDEX = {
 }
 # Tensor methods that read the whole tensor on the host without passing through dispatch.
 _HOST_READ_METHODS = {torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu}
+# Tensors built from host data (Python numbers, lists, arrays) on a device: on a GPU a copy from
+# pageable host memory, which waits for the stream like a read (``memcpy_and_sync``). Counted
+# when the device is given (``device=``) or inherited (``new_tensor``): data meant for the
+# model's device. ``torch.full`` and arithmetic with Python scalars need no copy.
+_HOST_DATA_FACTORIES = {torch.tensor, torch.as_tensor, torch.Tensor.new_tensor}
 
 # Code of this package that reads tensors on the host on purpose, with the reason. Keys are
 # "path" or "path:function", paths relative to the package's parent folder.
@@ -105,9 +112,20 @@ class _MethodRecorder(TorchFunctionMode):
         self.audit = audit
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func in _HOST_READ_METHODS:
             self.audit._record(func.__name__)
-        return func(*args, **(kwargs or {}))
+        elif func in _HOST_DATA_FACTORIES and _copies_host_data_to_a_device(func, args, kwargs):
+            self.audit._record(f"{func.__name__}_from_host")
+        return func(*args, **kwargs)
+
+
+def _copies_host_data_to_a_device(func, args, kwargs) -> bool:
+    if func is torch.Tensor.new_tensor:
+        data = args[1] if len(args) > 1 else kwargs.get("data")
+        return not isinstance(data, torch.Tensor)
+    data = args[0] if args else kwargs.get("data")
+    return not isinstance(data, torch.Tensor) and kwargs.get("device") is not None
 
 
 class HostSyncAudit:

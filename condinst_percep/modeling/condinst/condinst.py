@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...layers import aligned_bilinear
+from ...layers.host_values import segment_ids
 from ...structures import Instances, clip_boxes, nonempty_boxes, scale_boxes
 from ..fcos import FCOS
 from ..fcos.fcos_targets import compute_locations, mask_centroids
@@ -263,10 +264,7 @@ class CondInst(nn.Module):
         device = instances.gt_inds.device
         num_gts = [len(g) for g in gt_instances]
         total_gts = sum(num_gts)
-        gt_image = torch.repeat_interleave(
-            torch.arange(len(num_gts), device=device), torch.tensor(num_gts, device=device),
-            output_size=total_gts,
-        )
+        gt_image = segment_ids(num_gts, device)
         has_pos = torch.zeros(total_gts, dtype=torch.int64, device=device)
         has_pos[instances.gt_inds] = 1
         gts_per_image = torch.zeros(len(num_gts), dtype=torch.int64, device=device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...layers.host_values import values_on
 from ...perceptual import PerceptualLoss
 from ...perceptual.precision import AUTOCAST_NAMES, autocast_context, autocast_dtype
 from ...structures import Instances
@@ -180,7 +181,7 @@ class PercepMaskHead(DynamicMaskHead):
         """
         s = self.mask_out_stride
         gt = torch.cat([g.gt_boxes for g in gt_instances])[instances.gt_inds].float()
-        strides = torch.tensor(self.fpn_strides, dtype=torch.float32, device=gt.device)
+        strides = values_on(self.fpn_strides, gt.device)
         # reg_pred is (l, t, r, b) divided by the level's stride, as FCOS's regression targets.
         ltrb = instances.reg_pred.detach().float() * strides[instances.fpn_levels][:, None]
         loc = instances.locations.float()

@@ -161,7 +161,8 @@ class FCOSOutputs(nn.Module):
         labels = instances.labels
         pos_inds = torch.nonzero(labels != self.num_classes).squeeze(1)
         logits = instances.logits_pred.float()
-        num_pos_avg = reduce_mean(logits.new_tensor(float(len(pos_inds)))).clamp_min(1.0)
+        num_pos = torch.full((), float(len(pos_inds)), device=logits.device)
+        num_pos_avg = reduce_mean(num_pos).clamp_min(1.0)
 
         class_target = torch.zeros_like(logits)
         class_target[pos_inds, labels[pos_inds]] = 1
@@ -170,19 +171,18 @@ class FCOSOutputs(nn.Module):
             reduction="sum",
         )
         if self.loss_normalizer_cls == "moving_fg":
-            # float64, as AdelaiDet's Python-float EMA, so that the values match it exactly.
-            previous = torch.as_tensor(
-                self.moving_num_fg, dtype=torch.float64, device=num_pos_avg.device
-            )
+            # float64, as AdelaiDet's Python-float EMA, so that the values match it exactly;
+            # the first step's Python float enters as a scalar argument, not a copy.
             self.moving_num_fg = (
-                self.moving_num_fg_momentum * previous
+                self.moving_num_fg_momentum * self.moving_num_fg
                 + (1 - self.moving_num_fg_momentum) * num_pos_avg.double()
             )
             class_loss = class_loss / self.moving_num_fg.float()
         elif self.loss_normalizer_cls == "fg":
             class_loss = class_loss / num_pos_avg
         else:
-            num_samples_avg = reduce_mean(logits.new_tensor(float(len(labels)))).clamp_min(1.0)
+            num_samples = torch.full((), float(len(labels)), device=logits.device)
+            num_samples_avg = reduce_mean(num_samples).clamp_min(1.0)
             class_loss = class_loss / num_samples_avg
         losses["loss_fcos_cls"] = class_loss * self.loss_weight_cls
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ...layers.host_values import segment_ids, values_on
 from ...structures import Instances, box_area
 
 INF = 100000000
@@ -143,14 +144,11 @@ def compute_targets(
     """
     device = locations[0].device
     num_loc = [len(loc) for loc in locations]
-    level_of_loc = torch.repeat_interleave(
-        torch.arange(len(locations), device=device), torch.tensor(num_loc, device=device),
-        output_size=sum(num_loc),
-    )
+    level_of_loc = segment_ids(num_loc, device)
     all_locations = torch.cat(locations, dim=0)
-    stride_of_loc = torch.tensor(strides, dtype=torch.float32, device=device)[level_of_loc]
-    ranges = torch.tensor(size_ranges(sizes_of_interest), dtype=torch.float32, device=device)
-    ranges = ranges[level_of_loc]
+    stride_of_loc = values_on(strides, device)[level_of_loc]
+    low, high = zip(*size_ranges(sizes_of_interest))
+    ranges = torch.stack([values_on(low, device), values_on(high, device)], dim=1)[level_of_loc]
     total = len(all_locations)
 
     labels, reg_targets, gt_inds = [], [], []
