@@ -114,7 +114,9 @@ class CondInst(nn.Module):
         images = []
         for i, x in enumerate(batched_inputs):
             image = check_image(i, x, len(self.pixel_mean))
-            images.append((image.to(self.device).float() - self.pixel_mean) / self.pixel_std)
+            # non_blocking: a blocking host-to-GPU copy also waits for the stream's queue.
+            image = image.to(self.device, non_blocking=True)
+            images.append((image.float() - self.pixel_mean) / self.pixel_std)
         image_sizes = [tuple(im.shape[-2:]) for im in images]
         div = self.backbone.size_divisibility or 1  # 0: no rounding, as detectron2
         hp = -(-max(h for h, _ in image_sizes) // div) * div
@@ -145,7 +147,7 @@ class CondInst(nn.Module):
         if self.training:
             num_classes = self.proposal_generator.fcos_outputs.num_classes
             gt_instances = [
-                check_gt_instances(i, x, num_classes).to(self.device)
+                check_gt_instances(i, x, num_classes).to(self.device, non_blocking=True)
                 for i, x in enumerate(batched_inputs)
             ]
         features = self.backbone(images)
