@@ -15,6 +15,7 @@ pair runs round-robin; medians, ratios and the largest difference of the two res
     a grouped convolution (AdelaiDet's) against one batched matrix product (ours).
 
     python benchmarks/bench_kernels.py --precisions fp32 bf16
+    python benchmarks/bench_kernels.py --device cuda --instances 500 --mask-size 200 336
 """
 import argparse
 import datetime
@@ -32,11 +33,11 @@ from bench_perceptual import machine_description
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def conv_input_grad_pair(n, h, w, dtype, gen):
-    x = torch.rand(n, 1, h, w, generator=gen).to(dtype)
-    weight = torch.randn(8, 1, 3, 3, generator=gen).to(dtype)
+def conv_input_grad_pair(n, h, w, dtype, device, gen):
+    x = torch.rand(n, 1, h, w, generator=gen).to(device, dtype)
+    weight = torch.randn(8, 1, 3, 3, generator=gen).to(device, dtype)
     # channels_last, as the loss network produces it with MODEL.PERCEP.CHANNELS_LAST.
-    grad = torch.randn(n, 8, h, w, generator=gen).to(dtype)
+    grad = torch.randn(n, 8, h, w, generator=gen).to(device, dtype)
     grad = grad.contiguous(memory_format=torch.channels_last)
     adjoint = weight.flip((2, 3)).transpose(0, 1)
 
@@ -53,8 +54,8 @@ def conv_input_grad_pair(n, h, w, dtype, gen):
         "forward conv, adjoint kernel", adjoint_forward)
 
 
-def maxpool_pair(n, h, w, dtype, gen):
-    y = torch.rand(n, 8, h, w, generator=gen).to(dtype)
+def maxpool_pair(n, h, w, dtype, device, gen):
+    y = torch.rand(n, 8, h, w, generator=gen).to(device, dtype)
 
     def run(x):
         x = x.detach().requires_grad_(True)
@@ -66,12 +67,12 @@ def maxpool_pair(n, h, w, dtype, gen):
     return ("NCHW", lambda: run(y)), ("channels_last", lambda: run(nhwc))
 
 
-def dynamic_head_pair(n, h, w, dtype, gen):
+def dynamic_head_pair(n, h, w, dtype, device, gen):
     h, w = h // 2, w // 2  # mask features are at stride 8, the masks at 4
-    x = torch.randn(n, 10, h * w, generator=gen).to(dtype)
+    x = torch.randn(n, 10, h * w, generator=gen).to(device, dtype)
     layers = [(10, 8), (8, 8), (8, 1)]
-    params = [(torch.randn(n, o, i, generator=gen).to(dtype), torch.randn(n, o, 1, generator=gen)
-               .to(dtype)) for i, o in layers]
+    params = [(torch.randn(n, o, i, generator=gen).to(device, dtype), torch.randn(n, o, 1, generator=gen)
+               .to(device, dtype)) for i, o in layers]
 
     def run(step):
         leaves = [(wt.detach().requires_grad_(True), b.detach().requires_grad_(True))
@@ -107,12 +108,17 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=277)
     parser.add_argument("--mask-size", type=int, nargs=2, default=[40, 56])
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available to this torch build")
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     gen = torch.Generator().manual_seed(0)
     cases = []
     for kernel in args.kernels:
         for precision in args.precisions:
-            pair = PAIRS[kernel](args.instances, *args.mask_size, DTYPES[precision], gen)
+            pair = PAIRS[kernel](args.instances, *args.mask_size, DTYPES[precision],
+                                 torch.device(args.device), gen)
             results = [fn() for _, fn in pair]  # also the warm-up
             ref = results[0].float()
             diff = ((results[1].float() - ref).abs().max() / ref.abs().max()).item()
@@ -121,8 +127,10 @@ def main() -> None:
     for _ in range(args.repeats):
         for _, _, pair, _, times in cases:
             for (_, fn), bucket in zip(pair, times):
+                sync()
                 t0 = time.perf_counter()
                 fn()
+                sync()
                 bucket.append(time.perf_counter() - t0)
     load_after = os.getloadavg()[0]
     rows = []
@@ -130,7 +138,7 @@ def main() -> None:
         old, new = (statistics.median(t) * 1000 for t in times)
         rows.append([kernel, precision, pair[0][0], f"{old:.1f}", pair[1][0], f"{new:.1f}",
                      f"{new / old:.2f}", f"{diff:.1e}"])
-    print(f"machine: {machine_description('cpu')}; torch {torch.__version__}")
+    print(f"machine: {machine_description(args.device)}; torch {torch.__version__}")
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"command: python {' '.join(sys.argv)}")
     print(f"repeats: {args.repeats} round-robin; 1-min load average {load_before:.1f} before, "
