@@ -18,6 +18,7 @@ from condinst_percep.engine import default_argument_parser
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import train_net  # noqa: E402
+from reliability.train_helpers import TINY_MODEL  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +50,7 @@ def shapes(tmp_path_factory):
 
 def tiny_opts(shapes, output_dir, **extra):
     opts = {
-        "MODEL.RESNETS.STEM_OUT_CHANNELS": 8,
-        "MODEL.RESNETS.RES2_OUT_CHANNELS": 8,
-        "MODEL.FPN.OUT_CHANNELS": 64,
-        "MODEL.FCOS.NUM_CLS_CONVS": 1,
-        "MODEL.FCOS.NUM_BOX_CONVS": 1,
-        "MODEL.CONDINST.MASK_BRANCH.CHANNELS": 16,
-        "MODEL.CONDINST.MASK_BRANCH.NUM_CONVS": 1,
+        **TINY_MODEL,
         "INPUT.MIN_SIZE_TRAIN": "(64,)",
         "INPUT.MAX_SIZE_TRAIN": 96,
         "INPUT.MIN_SIZE_TEST": 64,
