@@ -1,5 +1,6 @@
 """The training loop, its hooks and writers on a small regression problem (no CondInst needed)."""
 
+import gc
 import itertools
 import json
 import logging
@@ -227,8 +228,8 @@ def test_stop_signal_finishes_the_iteration_checkpoints_and_exits(tmp_path, sign
     assert torch.allclose(resumed_model.linear.weight, reference.linear.weight, atol=1e-7)
 
 
-def _ddp_worker(rank, init_file, results):
-    import torch.distributed as dist
+def _ddp_checks(rank):
+    """(rank, stop, nan, finite, host sync points) of one process of the DDP test."""
     from torch.nn.parallel import DistributedDataParallel
 
     from condinst_percep.utils.host_sync import HostSyncAudit
@@ -243,24 +244,33 @@ def _ddp_worker(rank, init_file, results):
             return trainer, e
         return trainer, None
 
+    # A stop signal reaching rank 1 alone, during iteration 3's forward.
+    torch.manual_seed(0)
+    model = _SignalAt(at=3, signum=signal.SIGTERM) if rank == 1 else _Regressor()
+    trainer, e = train(model, 20, SystemExit)
+    stop = "completed" if e is None else (e.code, trainer.iter, model.calls)
+    # A NaN loss on rank 0 alone, at iteration 2.
+    torch.manual_seed(0)
+    model = _Regressor(bad_at=2 if rank == 0 else -1)
+    trainer, e = train(model, 5, FloatingPointError)
+    nan = "completed" if e is None else str(e).split(":")[0]
+    finite = bool(torch.isfinite(model.linear.weight).all())
+    # The host reads of one DDP iteration.
+    with EventStorage(0), HostSyncAudit() as audit:
+        trainer.run_step()
+    return rank, stop, nan, finite, dict(audit.points)
+
+
+def _ddp_worker(rank, init_file, results):
+    import torch.distributed as dist
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        # A stop signal reaching rank 1 alone, during iteration 3's forward.
-        torch.manual_seed(0)
-        model = _SignalAt(at=3, signum=signal.SIGTERM) if rank == 1 else _Regressor()
-        trainer, e = train(model, 20, SystemExit)
-        stop = "completed" if e is None else (e.code, trainer.iter, model.calls)
-        # A NaN loss on rank 0 alone, at iteration 2.
-        torch.manual_seed(0)
-        model = _Regressor(bad_at=2 if rank == 0 else -1)
-        trainer, e = train(model, 5, FloatingPointError)
-        nan = "completed" if e is None else str(e).split(":")[0]
-        finite = bool(torch.isfinite(model.linear.weight).all())
-        # The host reads of one DDP iteration.
-        with EventStorage(0), HostSyncAudit() as audit:
-            trainer.run_step()
-        results.put((rank, stop, nan, finite, dict(audit.points)))
+        results.put(_ddp_checks(rank))
     finally:
+        # As in launch.py: every DDP module is gone before the group is, or gloo can abort
+        # the process at exit (about one run in twenty).
+        gc.collect()
         dist.destroy_process_group()
 
 
