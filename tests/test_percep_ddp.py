@@ -1,4 +1,5 @@
 """The perceptual CondInst under DistributedDataParallel (2 gloo processes on the CPU)."""
+import gc
 import os
 import sys
 
@@ -11,36 +12,42 @@ sys.path.insert(0, os.path.dirname(__file__))
 from percep_helpers import make_batch, tiny_percep_cfg, write_teacher  # noqa: E402
 
 
-def _worker(rank, init_file, config_file, weights, results):
+def _two_steps(rank, config_file, weights):
+    """(rank, loss_percep of both steps, whether the replicas are identical afterwards)."""
     from torch.nn.parallel import DistributedDataParallel
 
     from condinst_percep.modeling import build_model
 
+    torch.manual_seed(0)
+    model = build_model(tiny_percep_cfg("teacher", config_file, weights)).train()
+    ddp = DistributedDataParallel(model, find_unused_parameters=False)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01)
+    percep = []
+    for step in range(2):
+        # Rank 1's second batch has no objects: loss_percep must still reach every
+        # parameter through the graph, or DDP's reducer fails on the next step.
+        batch = make_batch(with_instances=True, seed=step + 10 * rank)
+        if rank == 1 and step == 1:
+            for record in batch:
+                inst = record["instances"]
+                record["instances"] = inst[torch.zeros(len(inst), dtype=torch.bool)]
+        losses = ddp(batch)
+        percep.append(float(losses["loss_percep"].detach()))
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(2)]
+    dist.all_gather(gathered, flat)
+    return rank, percep, bool(torch.equal(gathered[0], gathered[1]))
+
+
+def _worker(rank, init_file, config_file, weights, results):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        torch.manual_seed(0)
-        model = build_model(tiny_percep_cfg("teacher", config_file, weights)).train()
-        ddp = DistributedDataParallel(model, find_unused_parameters=False)
-        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01)
-        percep = []
-        for step in range(2):
-            # Rank 1's second batch has no objects: loss_percep must still reach every
-            # parameter through the graph, or DDP's reducer fails on the next step.
-            batch = make_batch(with_instances=True, seed=step + 10 * rank)
-            if rank == 1 and step == 1:
-                for record in batch:
-                    inst = record["instances"]
-                    record["instances"] = inst[torch.zeros(len(inst), dtype=torch.bool)]
-            losses = ddp(batch)
-            percep.append(float(losses["loss_percep"].detach()))
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-        gathered = [torch.zeros_like(flat) for _ in range(2)]
-        dist.all_gather(gathered, flat)
-        results.put((rank, percep, bool(torch.equal(gathered[0], gathered[1]))))
+        results.put(_two_steps(rank, config_file, weights))
     finally:
+        gc.collect()  # no DDP module may outlive the group (see engine/launch.py)
         dist.destroy_process_group()
 
 
