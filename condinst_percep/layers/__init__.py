@@ -1,5 +1,5 @@
 from .aligned_bilinear import aligned_bilinear
-from .batch_norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm
+from .batch_norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm, guard_batch_statistics
 from .losses import IOULoss, dice_coefficient, sigmoid_focal_loss
 from .nms import batched_nms, nms
 from .shape_spec import ShapeSpec
@@ -12,6 +12,7 @@ __all__ = [
     "c2_msra_fill",
     "c2_xavier_fill",
     "get_norm",
+    "guard_batch_statistics",
     "IOULoss",
     "aligned_bilinear",
     "batched_nms",

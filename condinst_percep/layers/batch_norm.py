@@ -15,7 +15,9 @@
 """
 from __future__ import annotations
 
+import functools
 import logging
+from typing import Mapping
 
 import torch
 import torch.distributed as dist
@@ -142,6 +144,38 @@ class NaiveSyncBatchNorm(nn.BatchNorm2d):
             self.running_var += self.momentum * (var.detach() - self.running_var)
             self.num_batches_tracked += 1
         return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + bias.reshape(1, -1, 1, 1).to(x.dtype)
+
+
+def guard_batch_statistics(model: nn.Module, config_keys: Mapping[str, str]) -> None:
+    """Make every batch norm in ``model`` that takes its statistics from this process's batch
+    raise a ValueError naming the layer, instead of torch's bare "Expected more than 1 value per
+    channel", when it gets one value per channel in training: a lone image no larger than the
+    layer's stride. ``config_keys`` maps module-name prefixes, tried in order, to the config key
+    that chose the layer's norm, which the message names.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            key = next((k for prefix, k in config_keys.items() if name.startswith(prefix)), "")
+            module.register_forward_pre_hook(
+                functools.partial(_check_batch_statistics, name=name, key=key)
+            )
+
+
+def _check_batch_statistics(
+    module: nn.modules.batchnorm._BatchNorm, args: tuple, *, name: str, key: str
+) -> None:
+    x = args[0]
+    if not module.training or x.numel() != x.shape[1]:
+        return
+    if isinstance(module, (NaiveSyncBatchNorm, nn.SyncBatchNorm)) and comm.get_world_size() > 1:
+        return  # the statistics also count the other processes' values
+    chosen_by = f" (chosen by {key})" if key else ""
+    raise ValueError(
+        f"{name}: its batch norm{chosen_by} cannot compute statistics in training from one value "
+        f"per channel (input {tuple(x.shape)}): a lone image no larger than the layer's stride "
+        "gives a 1x1 map. Use more images per process (SOLVER.IMS_PER_BATCH), larger images "
+        "(INPUT.MIN_SIZE_TRAIN), or a norm without batch statistics (FrozenBN, GN)"
+    )
 
 
 _NORMS = {

@@ -52,8 +52,8 @@ def test_small_and_very_different_sizes_train_and_infer(model, sizes):
     if sizes == [(20, 20)]:
         # Training BN (the mask branch's, AdelaiDet's default) cannot normalise the 1x1 P5 of
         # a lone 20x20 image; with other images in the batch it can (the other cases).
-        with pytest.raises(ValueError, match=r"mask branch: feature 'p5' is 1x1 for a batch of one "
-                           r"image.*MODEL.CONDINST.MASK_BRANCH.NORM"):
+        with pytest.raises(ValueError, match=r"^mask_branch\.refine\.2\.1: its batch norm \(chosen by "
+                           r"MODEL.CONDINST.MASK_BRANCH.NORM\).*\(1, 16, 1, 1\)"):
             model([_sample(20, 20, 0)])
         sizes = [(20, 20), (20, 20)]
     losses = model([_sample(h, w, i) for i, (h, w) in enumerate(sizes)])
@@ -69,6 +69,26 @@ def test_small_and_very_different_sizes_train_and_infer(model, sizes):
         assert inst.pred_masks.shape == (len(inst), h, w) and inst.pred_masks.dtype == torch.bool
         boxes = inst.pred_boxes
         assert bool((boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all())
+
+
+@pytest.mark.parametrize("key, layer", [
+    ("MODEL.RESNETS.NORM", "backbone.bottom_up.res5.0.conv1.norm"),
+    ("MODEL.FPN.NORM", "backbone.fpn_lateral5.norm"),
+])
+def test_batch_norm_without_statistics_names_the_layer_and_its_key(key, layer):
+    # Training BN anywhere fails the same way on a lone 32x32 image (1x1 at stride 32); the
+    # error names the first such layer and the key that chose it, not torch's internals.
+    cfg = tiny_model_cfg()
+    cfg.MODEL.CONDINST.MASK_BRANCH.NORM = ""
+    cfg.merge_from_list([key, "BN"])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    with pytest.raises(ValueError, match=rf"^{layer}: its batch norm \(chosen by {key}\)"):
+        model([_sample(32, 32, 0)])
+    assert all(bool(torch.isfinite(v)) for v in model([_sample(32, 32, 0), _sample(32, 32, 1)]).values())
+    model.eval()
+    with torch.no_grad():  # running statistics: a lone image is fine
+        assert model([_sample(32, 32, 0, with_instances=False)])[0]["instances"].image_size == (32, 32)
 
 
 def test_masks_at_a_large_original_size_are_pasted_in_bounded_chunks(model, monkeypatch):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...layers import aligned_bilinear
+from ...layers import aligned_bilinear, guard_batch_statistics
 from ...layers.host_values import segment_ids
 from ...structures import Instances, clip_boxes, nonempty_boxes, scale_boxes
 from ..fcos import FCOS
@@ -21,6 +21,14 @@ logger = logging.getLogger(__name__)
 
 # Elements of float32 work memory per chunk of masks pasted at the original image size.
 _POSTPROCESS_CHUNK_ELEMENTS = 1 << 25
+
+# The config key that picks the norm of each part, by module-name prefix (first match wins).
+_NORM_KEYS = {
+    "backbone.bottom_up.": "MODEL.RESNETS.NORM",
+    "backbone.": "MODEL.FPN.NORM",
+    "proposal_generator.": "MODEL.FCOS.NORM",
+    "mask_branch.": "MODEL.CONDINST.MASK_BRANCH.NORM",
+}
 
 
 class CondInst(nn.Module):
@@ -68,6 +76,7 @@ class CondInst(nn.Module):
         self.mask_out_stride = mask_out_stride
         self.max_proposals = max_proposals
         self.topk_proposals_per_im = topk_proposals_per_im
+        guard_batch_statistics(self, _NORM_KEYS)
 
     @classmethod
     def from_config(cls, cfg) -> dict:

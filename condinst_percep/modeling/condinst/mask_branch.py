@@ -75,8 +75,6 @@ class MaskBranch(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """``features[name]`` (N, C, H, W) -> ``mask_feats`` (N, out_channels, H_0, W_0)."""
-        if self.training:
-            self._check_batch_statistics(features)
         x = self.refine[0](features[self.in_features[0]])
         for refine, name in zip(self.refine[1:], self.in_features[1:]):
             x_p = refine(features[name])
@@ -89,18 +87,3 @@ class MaskBranch(nn.Module):
                 )
             x = x + aligned_bilinear(x_p, factor)
         return self.tower(x)
-
-    def _check_batch_statistics(self, features: dict[str, torch.Tensor]) -> None:
-        """Batch norm in training needs more than one value per channel; a lone image no larger
-        than a feature's stride gives a 1x1 map, where torch would fail deep inside the norm."""
-        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
-            return
-        for name in self.in_features:
-            n, _, h, w = features[name].shape
-            if n * h * w == 1:
-                raise ValueError(
-                    f"mask branch: feature '{name}' is 1x1 for a batch of one image, and its "
-                    "batch norm (MODEL.CONDINST.MASK_BRANCH.NORM) cannot compute statistics from "
-                    "one value per channel in training; use more images per process "
-                    "(SOLVER.IMS_PER_BATCH) or larger images (INPUT.MIN_SIZE_TRAIN)"
-                )
