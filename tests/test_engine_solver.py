@@ -1,13 +1,14 @@
 """Optimizer parameter groups, gradient clipping and lr schedules against detectron2's rules and
 closed forms."""
 
+import logging
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from condinst_percep.config import get_cfg
+from condinst_percep.config import get_cfg, validate_cfg
 from condinst_percep.engine.solver import (
     build_gradient_clipper,
     build_lr_scheduler,
@@ -147,6 +148,7 @@ def test_gradient_clipping_value_norm_and_full_model():
 
     # "full_model": joint norm sqrt(25 + 0.25 + 100) rescaled to 1
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    validate_cfg(cfg)  # train_net accepts it too
     params = _grads(values)
     build_gradient_clipper(cfg)(params)
     total = math.sqrt(125.25)
@@ -156,6 +158,7 @@ def test_gradient_clipping_value_norm_and_full_model():
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "elementwise"
     with pytest.raises(ValueError, match="CLIP_TYPE = 'elementwise'"):
         build_gradient_clipper(cfg)
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False
     assert build_gradient_clipper(cfg) is None
 
@@ -171,12 +174,14 @@ def _lrs(cfg, n):
     return out, opt, sched
 
 
-def test_warmup_multistep_matches_closed_form():
+def test_warmup_multistep_matches_closed_form(caplog):
     cfg = _cfg(
         LR_SCHEDULER_NAME="WarmupMultiStepLR", MAX_ITER=100, STEPS=(30, 70, 500), GAMMA=0.1,
         WARMUP_ITERS=10, WARMUP_FACTOR=0.001, WARMUP_METHOD="linear",
     )
-    lrs, _, _ = _lrs(cfg, 100)
+    with caplog.at_level(logging.WARNING, logger="condinst_percep.engine.solver"):
+        lrs, _, _ = _lrs(cfg, 100)
+    assert "SOLVER.STEPS (30, 70, 500) has values at or beyond SOLVER.MAX_ITER 100" in caplog.text
 
     def closed(t):  # detectron2's original WarmupMultiStepLR formula; 500 > MAX_ITER is ignored
         warm = 0.001 * (1 - t / 10) + t / 10 if t < 10 else 1.0

@@ -6,8 +6,9 @@ config never silently runs something other than what it says.
 """
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any
+from typing import Any, Callable
 
 from fvcore.common.config import CfgNode
 
@@ -47,7 +48,7 @@ SUPPORTED_CHOICES: dict[str, tuple[Any, ...]] = {
     "DATALOADER.SAMPLER_TRAIN": ("TrainingSampler", "RepeatFactorTrainingSampler"),
     "SOLVER.LR_SCHEDULER_NAME": ("WarmupMultiStepLR", "WarmupCosineLR"),
     "SOLVER.WARMUP_METHOD": ("linear", "constant"),
-    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm", "full_model"),
     "SOLVER.AMP.DTYPE": ("float16", "bfloat16"),
     "TEST.AUG.ENABLED": (False,),
     "TEST.PRECISE_BN.ENABLED": (False,),
@@ -126,16 +127,38 @@ def _leaves(node: CfgNode, prefix: str = "") -> dict[str, Any]:
 
 def validate_cfg(cfg: CfgNode) -> None:
     """Raise :class:`UnsupportedConfigError` listing every unsupported or invalid setting."""
+    _collect_problems(
+        cfg, _check_choices, _check_not_implemented, _check_backbone, _check_heads, _check_input,
+        _check_solver, _check_percep,
+    )
+
+
+def validate_solver(cfg: CfgNode) -> None:
+    """:func:`validate_cfg` restricted to ``SOLVER.*``, for the optimizer and schedule builders,
+    which also take configs that never went through ``validate_cfg``."""
+    _collect_problems(cfg, functools.partial(_check_choices, prefix="SOLVER."), _check_solver)
+
+
+def _collect_problems(cfg: CfgNode, *checks: Callable[[CfgNode, Callable[[str, str], None]], None]):
     problems: list[str] = []
 
     def bad(key: str, reason: str) -> None:
         problems.append(f"{key} = {_get(cfg, key)!r}: {reason}")
 
+    for check in checks:
+        check(cfg, bad)
+    if problems:
+        raise UnsupportedConfigError(problems)
+
+
+def _check_choices(cfg: CfgNode, bad, prefix: str = "") -> None:
     for key, allowed in SUPPORTED_CHOICES.items():
-        if _get(cfg, key) not in allowed:
+        if key.startswith(prefix) and _get(cfg, key) not in allowed:
             why = _WHY_CHOICE.get(key, "not implemented")
             bad(key, f"{why}; supported: {', '.join(repr(a) for a in allowed)}")
 
+
+def _check_not_implemented(cfg: CfgNode, bad) -> None:
     for key, why in _NOT_IMPLEMENTED.items():
         if _get(cfg, key):
             bad(key, why)
@@ -149,15 +172,6 @@ def validate_cfg(cfg: CfgNode) -> None:
         if key.startswith(_COMPAT_ONLY_PREFIXES) and key != "MODEL.BOXINST.ENABLED":
             if key in defaults and value != defaults[key]:
                 bad(key, "kept only so AdelaiDet YAMLs load; the feature is not implemented")
-
-    _check_backbone(cfg, bad)
-    _check_heads(cfg, bad)
-    _check_input(cfg, bad)
-    _check_solver(cfg, bad)
-    _check_percep(cfg, bad)
-
-    if problems:
-        raise UnsupportedConfigError(problems)
 
 
 def _check_backbone(cfg: CfgNode, bad) -> None:
@@ -317,11 +331,12 @@ def _check_solver(cfg: CfgNode, bad) -> None:
     steps = list(s.STEPS)
     if steps != sorted(steps) or len(set(steps)) != len(steps) or any(x <= 0 for x in steps):
         bad("SOLVER.STEPS", "must be positive and strictly increasing")
-    elif s.MAX_ITER >= 1 and any(x > s.MAX_ITER for x in steps):
-        bad("SOLVER.STEPS", f"has steps beyond SOLVER.MAX_ITER = {s.MAX_ITER}")
-    for key in ("MOMENTUM", "WARMUP_FACTOR"):
-        if not 0.0 <= s[key] <= 1.0:
-            bad(f"SOLVER.{key}", "must lie in [0, 1]")
+    if not 0.0 <= s.MOMENTUM < 1.0:
+        bad("SOLVER.MOMENTUM", "must lie in [0, 1)")
+    if not 0.0 <= s.WARMUP_FACTOR <= 1.0:
+        bad("SOLVER.WARMUP_FACTOR", "must lie in [0, 1]")
+    if s.LR_SCHEDULER_NAME == "WarmupCosineLR" and s.BASE_LR_END > s.BASE_LR:
+        bad("SOLVER.BASE_LR_END", f"the cosine schedule ends at most at SOLVER.BASE_LR = {s.BASE_LR}")
     for key in ("WEIGHT_DECAY", "WEIGHT_DECAY_NORM", "BASE_LR_END", "WARMUP_ITERS",
                 "REFERENCE_WORLD_SIZE", "BIAS_LR_FACTOR"):
         if s[key] < 0:

@@ -28,6 +28,8 @@ from fvcore.common.param_scheduler import (
 )
 from torch import nn
 
+from ..config.validate import validate_solver
+
 __all__ = [
     "NORM_MODULE_TYPES",
     "get_default_optimizer_params",
@@ -83,24 +85,9 @@ def get_default_optimizer_params(
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
 
 
-def _check_solver_values(cfg) -> None:
-    solver = cfg.SOLVER
-    checks = {
-        "SOLVER.BASE_LR": (solver.BASE_LR, solver.BASE_LR > 0),
-        "SOLVER.MOMENTUM": (solver.MOMENTUM, 0 <= solver.MOMENTUM < 1),
-        "SOLVER.WEIGHT_DECAY": (solver.WEIGHT_DECAY, solver.WEIGHT_DECAY >= 0),
-        "SOLVER.MAX_ITER": (solver.MAX_ITER, solver.MAX_ITER > 0),
-        "SOLVER.WARMUP_ITERS": (solver.WARMUP_ITERS, solver.WARMUP_ITERS >= 0),
-        "SOLVER.WARMUP_FACTOR": (solver.WARMUP_FACTOR, 0 <= solver.WARMUP_FACTOR <= 1),
-    }
-    for key, (value, ok) in checks.items():
-        if not ok:
-            raise ValueError(f"{key} = {value!r} is out of range")
-
-
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """SGD over ``model``'s trainable parameters with ``cfg.SOLVER``'s hyper-parameters."""
-    _check_solver_values(cfg)
+    validate_solver(cfg)
     solver = cfg.SOLVER
     params = get_default_optimizer_params(
         model,
@@ -125,12 +112,11 @@ def build_gradient_clipper(cfg) -> Callable[[Iterable[torch.Tensor]], None] | No
     (detectron2); ``"full_model"`` rescales all gradients together so that their joint norm is
     <= ``CLIP_VALUE`` (as in DETR / Mask2Former). Norms use ``NORM_TYPE``.
     """
+    validate_solver(cfg)
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if not clip.ENABLED:
         return None
     value, norm_type = float(clip.CLIP_VALUE), float(clip.NORM_TYPE)
-    if value <= 0:
-        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE = {value} must be > 0")
     if clip.CLIP_TYPE == "value":
         return lambda params: torch.nn.utils.clip_grad_value_(list(params), value)
     if clip.CLIP_TYPE == "norm":
@@ -140,11 +126,7 @@ def build_gradient_clipper(cfg) -> Callable[[Iterable[torch.Tensor]], None] | No
                 torch.nn.utils.clip_grad_norm_(p, value, norm_type)
 
         return clip_each
-    if clip.CLIP_TYPE == "full_model":
-        return lambda params: torch.nn.utils.clip_grad_norm_(list(params), value, norm_type)
-    raise ValueError(
-        f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE = {clip.CLIP_TYPE!r}; expected 'value', 'norm' or 'full_model'"
-    )
+    return lambda params: torch.nn.utils.clip_grad_norm_(list(params), value, norm_type)
 
 
 class WarmupParamScheduler(CompositeParamScheduler):
@@ -209,10 +191,9 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultiplier:
     """``SOLVER.LR_SCHEDULER_NAME``: ``WarmupMultiStepLR`` (×GAMMA at each of ``STEPS``) or
     ``WarmupCosineLR`` (half cosine from BASE_LR to BASE_LR_END over MAX_ITER), both with
     ``WARMUP_METHOD`` / ``WARMUP_FACTOR`` / ``WARMUP_ITERS``."""
+    validate_solver(cfg)
     solver = cfg.SOLVER
-    _check_solver_values(cfg)
-    name = solver.LR_SCHEDULER_NAME
-    if name == "WarmupMultiStepLR":
+    if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
         # A step at MAX_ITER would act after the last iteration (and fvcore refuses it).
         steps = [s for s in solver.STEPS if s < solver.MAX_ITER]
         if len(steps) != len(solver.STEPS):
@@ -220,25 +201,13 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultiplier:
                 f"SOLVER.STEPS {tuple(solver.STEPS)} has values at or beyond SOLVER.MAX_ITER "
                 f"{solver.MAX_ITER}; they never take effect and are ignored"
             )
-        if list(steps) != sorted(steps):
-            raise ValueError(f"SOLVER.STEPS {tuple(solver.STEPS)} must be increasing")
         sched: ParamScheduler = MultiStepParamScheduler(
             values=[solver.GAMMA**k for k in range(len(steps) + 1)],
             milestones=steps,
             num_updates=solver.MAX_ITER,
         )
-    elif name == "WarmupCosineLR":
-        end_value = solver.BASE_LR_END / solver.BASE_LR
-        if not 0.0 <= end_value <= 1.0:
-            raise ValueError(
-                f"SOLVER.BASE_LR_END = {solver.BASE_LR_END} must be in [0, SOLVER.BASE_LR = "
-                f"{solver.BASE_LR}]"
-            )
-        sched = CosineParamScheduler(1.0, end_value)
     else:
-        raise ValueError(
-            f"SOLVER.LR_SCHEDULER_NAME = {name!r}; expected 'WarmupMultiStepLR' or 'WarmupCosineLR'"
-        )
+        sched = CosineParamScheduler(1.0, solver.BASE_LR_END / solver.BASE_LR)
     sched = WarmupParamScheduler(
         sched,
         solver.WARMUP_FACTOR,
