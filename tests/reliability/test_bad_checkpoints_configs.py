@@ -205,3 +205,14 @@ def test_teacher_with_other_strides_refused_when_the_model_is_built(shapes, tmp_
                        r"student \[8, 16, 32, 64, 128\]"):
         run_main(short(shapes, tmp_path / "out", **percep))
     assert not list((tmp_path / "out").glob("model_*.pth"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_device_without_cuda_is_refused_by_name(device, shapes, tmp_path):
+    # detectron2's default MODEL.DEVICE is "cuda"; a CPU machine gets the key and the fix,
+    # not torch's "Torch not compiled with CUDA enabled" from inside Module.to.
+    with pytest.raises(ValueError, match=rf"^MODEL.DEVICE = '{device}', but CUDA cannot be used "
+                       r"here \(.*\); add 'MODEL.DEVICE cpu'"):
+        run_main(short(shapes, tmp_path, **{"MODEL.DEVICE": device}))
+    assert not list(tmp_path.glob("model_*.pth"))
