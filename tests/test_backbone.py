@@ -15,6 +15,7 @@ from condinst_percep.layers import (
     c2_msra_fill,
     c2_xavier_fill,
     get_norm,
+    guard_batch_statistics,
 )
 from condinst_percep.modeling.backbone import (
     BasicBlock,
@@ -307,6 +308,25 @@ def test_naive_sync_bn_single_process_is_batchnorm():
     x = torch.randn(4, 3, 5, 5)
     torch.testing.assert_close(sync(x), plain(x))
     torch.testing.assert_close(sync.running_var, plain.running_var)
+
+
+def test_guard_batch_statistics_names_layer_and_key_only_where_torch_would_fail():
+    model = nn.Sequential()
+    model.add_module("a", nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3)))
+    model.add_module("b", nn.Sequential(NaiveSyncBatchNorm(3), FrozenBatchNorm2d(3)))
+    guard_batch_statistics(model, {"a.": "MODEL.A.NORM"})
+    lone = torch.randn(1, 2, 1, 1)
+    with pytest.raises(ValueError, match=r"^a\.1: its batch norm \(chosen by MODEL.A.NORM\) cannot "
+                       r"compute statistics in training from one value per channel \(input \(1, 3, 1, 1\)\)"):
+        model(lone)
+    model.a.eval()  # running statistics; the next training BN has no key in the map
+    with pytest.raises(ValueError, match=r"^b\.0: its batch norm cannot compute"):
+        model(lone)
+    assert model(torch.randn(2, 2, 1, 1)).shape == (2, 3, 1, 1)  # two values: torch's BN works
+    assert model(torch.randn(1, 2, 1, 2)).shape == (1, 3, 1, 2)
+    model.eval()
+    assert model(lone).shape == (1, 3, 1, 1)
+    assert not model.b[1]._forward_pre_hooks  # FrozenBN has no batch statistics
 
 
 def test_conv2d_wrapper_children():
