@@ -1,6 +1,5 @@
 """The training loop, its hooks and writers on a small regression problem (no CondInst needed)."""
 
-import gc
 import itertools
 import json
 import logging
@@ -19,6 +18,7 @@ from condinst_percep.engine.hooks import (
     PeriodicCheckpointer,
     PeriodicWriter,
 )
+from condinst_percep.engine.launch import destroy_process_group
 from condinst_percep.engine.train_loop import SimpleTrainer
 from condinst_percep.utils.events import (
     CommonMetricPrinter,
@@ -268,10 +268,7 @@ def _ddp_worker(rank, init_file, results):
     try:
         results.put(_ddp_checks(rank))
     finally:
-        # As in launch.py: every DDP module is gone before the group is, or gloo can abort
-        # the process at exit (about one run in twenty).
-        gc.collect()
-        dist.destroy_process_group()
+        destroy_process_group()
 
 
 @pytest.mark.slow

@@ -1,5 +1,4 @@
 """The perceptual CondInst under DistributedDataParallel (2 gloo processes on the CPU)."""
-import gc
 import os
 import sys
 
@@ -7,6 +6,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from condinst_percep.engine.launch import destroy_process_group
 
 sys.path.insert(0, os.path.dirname(__file__))
 from percep_helpers import make_batch, tiny_percep_cfg, write_teacher  # noqa: E402
@@ -47,8 +48,7 @@ def _worker(rank, init_file, config_file, weights, results):
     try:
         results.put(_two_steps(rank, config_file, weights))
     finally:
-        gc.collect()  # no DDP module may outlive the group (see engine/launch.py)
-        dist.destroy_process_group()
+        destroy_process_group()
 
 
 @pytest.mark.slow
