@@ -24,7 +24,7 @@ from condinst_percep.modeling.backbone import (
     build_fcos_resnet_fpn_backbone,
 )
 
-TSV = Path(__file__).resolve().parent / "data" / "condinst_r50_state_dict.tsv"
+TSV = Path(__file__).resolve().parent / "assets" / "condinst_r50_state_dict.tsv"
 
 
 def reference_backbone_rows() -> list[tuple[str, tuple[int, ...]]]:

@@ -21,7 +21,7 @@ NUM_CLASSES = 3
 
 def _read_reference():
     rows = []
-    with open(Path(__file__).parent / "data" / "condinst_r50_state_dict.tsv") as f:
+    with open(Path(__file__).parent / "assets" / "condinst_r50_state_dict.tsv") as f:
         for line in f:
             if line.startswith("#"):
                 continue

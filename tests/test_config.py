@@ -12,7 +12,7 @@ from condinst_percep.config import (
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = REPO / "configs" / "CondInst"
-ADELAIDET = Path(__file__).resolve().parent / "data" / "adelaidet_configs"
+ADELAIDET = Path(__file__).resolve().parent / "assets" / "adelaidet_configs"
 
 
 def load(path: Path):

@@ -150,7 +150,7 @@ def test_allowed_points_are_reported_apart_with_their_reason():
 
 
 def test_points_outside_the_roots_are_counted_as_outside():
-    with HostSyncAudit(roots=[os.path.join(TESTS, "data")]) as audit:
+    with HostSyncAudit(roots=[os.path.join(TESTS, "assets")]) as audit:
         _item(torch.ones(2))
     assert audit.points == collections.Counter({"_local_scalar_dense at <outside>": 1})
 
