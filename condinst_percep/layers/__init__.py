@@ -1,5 +1,6 @@
 from .aligned_bilinear import aligned_bilinear
 from .batch_norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm, guard_batch_statistics
+from .deform_conv import DeformConv, ModulatedDeformConv, deform_conv2d
 from .losses import IOULoss, dice_coefficient, sigmoid_focal_loss
 from .nms import batched_nms, nms
 from .shape_spec import ShapeSpec
@@ -7,6 +8,9 @@ from .wrappers import Conv2d, c2_msra_fill, c2_xavier_fill
 
 __all__ = [
     "Conv2d",
+    "DeformConv",
+    "ModulatedDeformConv",
+    "deform_conv2d",
     "FrozenBatchNorm2d",
     "NaiveSyncBatchNorm",
     "c2_msra_fill",
