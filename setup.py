@@ -13,6 +13,7 @@ setup(
         "iopath",
         "pycocotools",
         "opencv-python-headless",
+        "scikit-image",
         "numpy",
         "pyyaml",
         "tabulate",

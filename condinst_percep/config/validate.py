@@ -60,12 +60,10 @@ _NOT_IMPLEMENTED: dict[str, str] = {
     "MODEL.MOBILENET": "the MobileNetV2 backbone is not implemented",
     "MODEL.BACKBONE.ANTI_ALIAS": "the anti-aliased (blur-pool) ResNet is not implemented",
     "MODEL.FCOS.USE_DEFORMABLE": "deformable convolutions are not implemented",
-    "MODEL.RESNETS.DEFORM_MODULATED": "deformable convolutions are not implemented",
     "MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON": (
         "the auxiliary semantic loss of the '_sem' models is not implemented "
         "(their checkpoints still load: the extra keys are skipped)"
     ),
-    "MODEL.BOXINST.ENABLED": "BoxInst (box-supervised training) is not implemented",
     "INPUT.IS_ROTATE": "rotation augmentation is not implemented",
 }
 
@@ -76,7 +74,7 @@ _NORM_KEYS = (
     "MODEL.CONDINST.MASK_BRANCH.NORM",
 )
 
-_COMPAT_ONLY_PREFIXES = ("MODEL.BOXINST.", "MODEL.BiFPN.", "MODEL.TOP_MODULE.")
+_COMPAT_ONLY_PREFIXES = ("MODEL.BiFPN.", "MODEL.TOP_MODULE.")
 
 _WHY_CHOICE = {
     "MODEL.BACKBONE.NAME": "only the ResNet-FPN backbone is implemented (no BiFPN, VoVNet, DLA)",
@@ -162,20 +160,20 @@ def _check_not_implemented(cfg: CfgNode, bad) -> None:
     for key, why in _NOT_IMPLEMENTED.items():
         if _get(cfg, key):
             bad(key, why)
-    if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
-        bad("MODEL.RESNETS.DEFORM_ON_PER_STAGE", "deformable convolutions are not implemented")
-    if cfg.MODEL.RESNETS.DEFORM_INTERVAL != 1:
-        bad("MODEL.RESNETS.DEFORM_INTERVAL", "AdelaiDet's interval ResNet is not implemented")
 
     defaults = _leaves(_defaults())
     for key, value in _leaves(cfg).items():
-        if key.startswith(_COMPAT_ONLY_PREFIXES) and key != "MODEL.BOXINST.ENABLED":
+        if key.startswith(_COMPAT_ONLY_PREFIXES):
             if key in defaults and value != defaults[key]:
                 bad(key, "kept only so AdelaiDet YAMLs load; the feature is not implemented")
 
 
 def _check_backbone(cfg: CfgNode, bad) -> None:
+    from ..modeling.backbone.resnet import deform_cfg_problems
+
     r = cfg.MODEL.RESNETS
+    for key, reason in deform_cfg_problems(cfg):
+        bad(key, reason)
     if not 0 <= cfg.MODEL.BACKBONE.FREEZE_AT <= 5:
         bad("MODEL.BACKBONE.FREEZE_AT", "must be in 0..5 (0 = train all, 5 = freeze res5 too)")
     for key in ("STEM_OUT_CHANNELS", "RES2_OUT_CHANNELS", "NUM_GROUPS", "WIDTH_PER_GROUP"):

@@ -48,6 +48,8 @@ class DatasetMapper:
     "file_name", "image_id", "instances": Instances((H, W), gt_boxes float32 (N, 4) XYXY,
     gt_classes int64 (N,), gt_masks bool (N, H, W))}``; ``instances`` only when training.
     Crowd annotations are dropped and empty instances filtered, as AdelaiDet does.
+    ``use_masks=False`` (BoxInst, ``MODEL.BOXINST.ENABLED``) ignores segmentations, as
+    AdelaiDet's mapper does: annotations need only a box, and ``instances`` has no gt_masks.
     """
 
     def __init__(
@@ -55,10 +57,12 @@ class DatasetMapper:
         is_train: bool,
         augmentations: Sequence[Augmentation],
         image_format: str = "BGR",
+        use_masks: bool = True,
     ) -> None:
         self.is_train = is_train
         self.augmentations = list(augmentations)
         self.image_format = image_format
+        self.use_masks = use_masks
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:
@@ -66,6 +70,7 @@ class DatasetMapper:
             "is_train": is_train,
             "augmentations": build_augmentation(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
+            "use_masks": not cfg.MODEL.BOXINST.ENABLED,
         }
 
     @classmethod
@@ -91,10 +96,12 @@ class DatasetMapper:
         }
         if self.is_train and "annotations" in record:
             annos = [
-                transform_instance_annotation(obj, transforms, image_size, record_size)
+                transform_instance_annotation(
+                    obj, transforms, image_size, record_size, with_mask=self.use_masks
+                )
                 for obj in record["annotations"]
                 if obj.get("iscrowd", 0) == 0
             ]
             annos = [a for a in annos if is_nonempty(a)]
-            out["instances"] = annotations_to_instances(annos, image_size)
+            out["instances"] = annotations_to_instances(annos, image_size, self.use_masks)
         return out

@@ -122,13 +122,18 @@ def segmentation_to_bitmask(segm: Any, height: int, width: int, ann_id: Any = No
 
 
 def transform_instance_annotation(
-    annotation: dict, transforms: Transform, image_size: tuple[int, int], record_size: tuple[int, int]
+    annotation: dict,
+    transforms: Transform,
+    image_size: tuple[int, int],
+    record_size: tuple[int, int],
+    with_mask: bool = True,
 ) -> dict:
     """Moves one annotation into the augmented image: XYXY box (clipped) and a bool mask.
 
     ``image_size`` is the augmented (H, W), ``record_size`` the original one. Polygons are
     transformed as coordinates and rasterised at the augmented size; RLE is decoded at the
-    original size, then resized (nearest) and flipped like the image.
+    original size, then resized (nearest) and flipped like the image. ``with_mask=False``
+    (BoxInst) reads no segmentation, so box-only annotations pass, and returns no ``mask``.
     """
     ann_id = annotation.get("id")
     if "bbox" not in annotation:
@@ -137,6 +142,8 @@ def transform_instance_annotation(
     box = transforms.apply_box(box[None])[0].clip(min=0)
     h, w = image_size
     box = np.minimum(box, [w, h, w, h])
+    if not with_mask:
+        return {"bbox": box, "category_id": int(annotation["category_id"])}
     if "segmentation" not in annotation:
         raise BadDataError(
             f"Annotation {ann_id} has no 'segmentation'; instance segmentation needs a mask "
@@ -151,24 +158,33 @@ def transform_instance_annotation(
     return {"bbox": box, "category_id": int(annotation["category_id"]), "mask": mask}
 
 
-def annotations_to_instances(annotations: list[dict], image_size: tuple[int, int]) -> Instances:
+def annotations_to_instances(
+    annotations: list[dict], image_size: tuple[int, int], with_masks: bool = True
+) -> Instances:
     """Transformed annotations -> ``Instances(image_size, gt_boxes, gt_classes, gt_masks)``.
 
-    gt_boxes: float32 (N, 4) XYXY; gt_classes: int64 (N,); gt_masks: bool (N, H, W).
+    gt_boxes: float32 (N, 4) XYXY; gt_classes: int64 (N,); gt_masks: bool (N, H, W), only
+    ``with_masks`` (the annotations' ``mask``; BoxInst has none).
     """
     h, w = image_size
+    fields = {}
     if annotations:
         boxes = torch.as_tensor(np.stack([a["bbox"] for a in annotations]), dtype=torch.float32)
-        masks = torch.from_numpy(np.stack([a["mask"] for a in annotations]))
     else:
         boxes = torch.zeros((0, 4), dtype=torch.float32)
-        masks = torch.zeros((0, h, w), dtype=torch.bool)
+    if with_masks:
+        fields["gt_masks"] = (
+            torch.from_numpy(np.stack([a["mask"] for a in annotations]))
+            if annotations
+            else torch.zeros((0, h, w), dtype=torch.bool)
+        )
     classes = torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64)
-    return Instances((h, w), gt_boxes=boxes, gt_classes=classes, gt_masks=masks)
+    return Instances((h, w), gt_boxes=boxes, gt_classes=classes, **fields)
 
 
 def is_nonempty(annotation: dict, box_threshold: float = 1e-5) -> bool:
     """detectron2's ``filter_empty_instances`` rule for one transformed annotation: its box has
-    width and height above the threshold and its mask has a pixel."""
+    width and height above the threshold and its mask (if it has one) has a pixel."""
     x1, y1, x2, y2 = annotation["bbox"]
-    return x2 - x1 > box_threshold and y2 - y1 > box_threshold and bool(annotation["mask"].any())
+    has_pixels = "mask" not in annotation or bool(annotation["mask"].any())
+    return x2 - x1 > box_threshold and y2 - y1 > box_threshold and has_pixels

@@ -11,7 +11,15 @@ from fvcore.common.config import CfgNode
 from torch import nn
 from torch.nn import functional as F
 
-from ...layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, c2_msra_fill, get_norm
+from ...layers import (
+    Conv2d,
+    DeformConv,
+    FrozenBatchNorm2d,
+    ModulatedDeformConv,
+    ShapeSpec,
+    c2_msra_fill,
+    get_norm,
+)
 
 STAGE_NAMES = ["res2", "res3", "res4", "res5"]
 NUM_BLOCKS_PER_STAGE = {
@@ -89,7 +97,9 @@ class BasicBlock(CNNBlockBase):
 
 class BottleneckBlock(CNNBlockBase):
     """1×1 → 3×3 (grouped) → 1×1 (ResNet-50+). ``stride_in_1x1`` puts the stride in the first
-    1×1 conv (MSRA/Caffe2 weights) instead of the 3×3 conv (torchvision weights)."""
+    1×1 conv (MSRA/Caffe2 weights) instead of the 3×3 conv (torchvision weights).
+    ``conv2_options`` go to :meth:`_add_conv2`, which a subclass overrides to build another
+    3×3 conv (with :meth:`_conv2_forward` to run it)."""
 
     def __init__(
         self,
@@ -102,28 +112,91 @@ class BottleneckBlock(CNNBlockBase):
         norm: str = "BN",
         stride_in_1x1: bool = False,
         dilation: int = 1,
+        **conv2_options,
     ):
         super().__init__(in_channels, out_channels, stride)
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = conv_norm(in_channels, bottleneck_channels, 1, norm, stride=stride_1x1)
-        self.conv2 = conv_norm(
-            bottleneck_channels,
-            bottleneck_channels,
-            3,
-            norm,
-            stride=stride_3x3,
-            dilation=dilation,
-            groups=num_groups,
-        )
+        self._add_conv2(bottleneck_channels, stride_3x3, dilation, num_groups, norm, **conv2_options)
         self.conv3 = conv_norm(bottleneck_channels, out_channels, 1, norm)
+
+    def _add_conv2(
+        self, channels: int, stride: int, dilation: int, groups: int, norm: str
+    ) -> None:
+        self.conv2 = conv_norm(
+            channels, channels, 3, norm, stride=stride, dilation=dilation, groups=groups
+        )
+
+    def _conv2_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
-        out = F.relu_(self.conv2(out))
+        out = F.relu_(self._conv2_forward(out))
         out = self.conv3(out)
         out = out + (x if self.shortcut is None else self.shortcut(x))
         return F.relu_(out)
+
+
+class DeformBottleneckBlock(BottleneckBlock):
+    """:class:`BottleneckBlock` whose 3×3 conv is deformable (detectron2's
+    ``DeformBottleneckBlock``): ``conv2_offset`` (a 3×3 conv with bias, zero-initialised, so
+    training starts from the plain conv) predicts per deformable group 18 offset channels, or
+    27 with ``deform_modulated`` (DCNv2: offsets x, offsets y, then the mask logits, whose
+    sigmoid modulates each sample); ``conv2`` is :class:`DeformConv` /
+    :class:`ModulatedDeformConv` without bias. Keys ``conv2_offset.{weight,bias}`` come before
+    ``conv2.*``, as in detectron2."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        deform_modulated: bool = False,
+        deform_num_groups: int = 1,
+        **kwargs,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            deform_modulated=deform_modulated,
+            deform_num_groups=deform_num_groups,
+            **kwargs,
+        )
+        self.deform_modulated = deform_modulated
+
+    def _add_conv2(
+        self,
+        channels: int,
+        stride: int,
+        dilation: int,
+        groups: int,
+        norm: str,
+        *,
+        deform_modulated: bool,
+        deform_num_groups: int,
+    ) -> None:
+        offset_channels = (27 if deform_modulated else 18) * deform_num_groups
+        self.conv2_offset = Conv2d(
+            channels, offset_channels, kernel_size=3, stride=stride, padding=dilation,
+            dilation=dilation,
+        )
+        nn.init.constant_(self.conv2_offset.weight, 0)
+        nn.init.constant_(self.conv2_offset.bias, 0)
+        conv_cls = ModulatedDeformConv if deform_modulated else DeformConv
+        self.conv2 = conv_cls(
+            channels, channels, kernel_size=3, stride=stride, padding=dilation,
+            dilation=dilation, groups=groups, deformable_groups=deform_num_groups, bias=False,
+            norm=get_norm(norm, channels),
+        )
+        c2_msra_fill(self.conv2)
+
+    def _conv2_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.deform_modulated:
+            return self.conv2(x, self.conv2_offset(x))
+        offset_x, offset_y, mask = torch.chunk(self.conv2_offset(x), 3, dim=1)
+        return self.conv2(x, torch.cat((offset_x, offset_y), dim=1), mask.sigmoid())
 
 
 class BasicStem(CNNBlockBase):
@@ -209,6 +282,34 @@ class ResNet(nn.Module):
         }
 
 
+def deform_cfg_problems(cfg: CfgNode) -> list[tuple[str, str]]:
+    """``(key, reason)`` for each ``MODEL.RESNETS.DEFORM_*`` setting that cannot be built
+    (``validate_cfg`` reports them all; :func:`build_resnet_backbone` raises on the first)."""
+    r = cfg.MODEL.RESNETS
+    if len(r.DEFORM_ON_PER_STAGE) != 4:
+        return [("MODEL.RESNETS.DEFORM_ON_PER_STAGE", "needs 4 entries (res2..res5)")]
+    if not any(r.DEFORM_ON_PER_STAGE):
+        return []
+    problems = []
+    if r.DEPTH in (18, 34):
+        problems.append((
+            "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
+            f"ResNet-{r.DEPTH} has no bottleneck blocks to deform (as in detectron2)",
+        ))
+    if r.DEFORM_INTERVAL < 1:
+        problems.append((
+            "MODEL.RESNETS.DEFORM_INTERVAL",
+            "must be >= 1 (every N-th block of a deformable stage)",
+        ))
+    width = r.NUM_GROUPS * r.WIDTH_PER_GROUP
+    if r.DEFORM_NUM_GROUPS < 1 or width % r.DEFORM_NUM_GROUPS:
+        problems.append((
+            "MODEL.RESNETS.DEFORM_NUM_GROUPS",
+            f"must be >= 1 and divide the bottleneck width {width}",
+        ))
+    return problems
+
+
 def build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     """ResNet from ``cfg.MODEL.RESNETS`` and ``cfg.MODEL.BACKBONE.FREEZE_AT``.
 
@@ -221,8 +322,8 @@ def build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
         raise ValueError(
             f"MODEL.RESNETS.DEPTH = {depth} is not supported; choose {sorted(NUM_BLOCKS_PER_STAGE)}"
         )
-    if any(r.DEFORM_ON_PER_STAGE):
-        raise ValueError("MODEL.RESNETS.DEFORM_ON_PER_STAGE: deformable convs are not implemented")
+    for key, reason in deform_cfg_problems(cfg):
+        raise ValueError(f"{key} = {cfg.MODEL.RESNETS[key.split('.')[-1]]!r}: {reason}")
     if r.RES5_DILATION != 1:
         raise ValueError(f"MODEL.RESNETS.RES5_DILATION = {r.RES5_DILATION}: only 1 is supported")
     if depth in (18, 34) and (r.NUM_GROUPS != 1 or r.WIDTH_PER_GROUP != 64):
@@ -248,15 +349,25 @@ def build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
             if depth in (18, 34):
                 block = BasicBlock(in_channels, out_channels, stride=stride, norm=norm)
             else:
-                block = BottleneckBlock(
-                    in_channels,
-                    out_channels,
+                kwargs = dict(
                     bottleneck_channels=bottleneck_channels,
                     stride=stride,
                     num_groups=r.NUM_GROUPS,
                     norm=norm,
                     stride_in_1x1=r.STRIDE_IN_1X1,
                 )
+                # AdelaiDet's interval ResNet: every DEFORM_INTERVAL-th block of a deformable
+                # stage, from the first (interval 1 is detectron2's: all of them).
+                if r.DEFORM_ON_PER_STAGE[idx] and b % r.DEFORM_INTERVAL == 0:
+                    block = DeformBottleneckBlock(
+                        in_channels,
+                        out_channels,
+                        deform_modulated=r.DEFORM_MODULATED,
+                        deform_num_groups=r.DEFORM_NUM_GROUPS,
+                        **kwargs,
+                    )
+                else:
+                    block = BottleneckBlock(in_channels, out_channels, **kwargs)
             blocks.append(block)
             in_channels = out_channels
         stages.append(blocks)

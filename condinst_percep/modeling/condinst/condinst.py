@@ -13,6 +13,7 @@ from ...layers.host_values import segment_ids
 from ...structures import Instances, clip_boxes, nonempty_boxes, scale_boxes
 from ..fcos import FCOS
 from ..fcos.fcos_targets import compute_locations, mask_centroids
+from .boxinst_targets import BoxInstTargets
 from .dynamic_mask_head import build_mask_head
 from .inputs import check_gt_instances, check_image
 from .mask_branch import MaskBranch
@@ -41,7 +42,8 @@ class CondInst(nn.Module):
 
     Input: a list of dicts with ``image`` (3, H, W) uint8 in ``INPUT.FORMAT``, optional
     ``height``/``width`` (output size, default H, W) and, for training, ``instances`` with
-    ``gt_boxes`` float (G, 4) XYXY, ``gt_classes`` int64 (G,), ``gt_masks`` bool (G, H, W).
+    ``gt_boxes`` float (G, 4) XYXY, ``gt_classes`` int64 (G,), ``gt_masks`` bool (G, H, W)
+    (not with BoxInst, ``box_targets``: its targets come from the boxes and the images).
     Training returns the loss dict; inference returns ``[{"instances": Instances((height,
     width), pred_boxes, scores, pred_classes, pred_masks bool (K, height, width))}]``.
     """
@@ -59,6 +61,7 @@ class CondInst(nn.Module):
         mask_out_stride: int = 4,
         max_proposals: int = -1,
         topk_proposals_per_im: int = -1,
+        box_targets: BoxInstTargets | None = None,
     ):
         super().__init__()
         if max_proposals > 0 and topk_proposals_per_im > 0:
@@ -76,6 +79,7 @@ class CondInst(nn.Module):
         self.mask_out_stride = mask_out_stride
         self.max_proposals = max_proposals
         self.topk_proposals_per_im = topk_proposals_per_im
+        self.box_targets = box_targets
         guard_batch_statistics(self, _NORM_KEYS)
 
     @classmethod
@@ -105,6 +109,11 @@ class CondInst(nn.Module):
             mask_out_stride=ci.MASK_OUT_STRIDE,
             max_proposals=ci.MAX_PROPOSALS,
             topk_proposals_per_im=ci.TOPK_PROPOSALS_PER_IM,
+            box_targets=(
+                BoxInstTargets(**BoxInstTargets.from_config(cfg))
+                if cfg.MODEL.BOXINST.ENABLED
+                else None
+            ),
         )
 
     @property
@@ -155,14 +164,19 @@ class CondInst(nn.Module):
         images, image_sizes = self.preprocess_image(batched_inputs)
         if self.training:
             num_classes = self.proposal_generator.fcos_outputs.num_classes
+            need_masks = self.box_targets is None
             gt_instances = [
-                check_gt_instances(i, x, num_classes).to(self.device, non_blocking=True)
+                check_gt_instances(i, x, num_classes, need_masks)
                 for i, x in enumerate(batched_inputs)
             ]
+            gt_instances = [g.to(self.device, non_blocking=True) for g in gt_instances]
         features = self.backbone(images)
         self.proposal_generator.check_grid(features, images.shape[-2:])
         if self.training:
-            self.add_bitmasks(gt_instances, images.shape[-2], images.shape[-1])
+            if self.box_targets is not None:
+                self.box_targets(gt_instances, batched_inputs, tuple(images.shape[-2:]))
+            else:
+                self.add_bitmasks(gt_instances, images.shape[-2], images.shape[-1])
             mask_feats = self.mask_branch(features)
             extras, losses = self.proposal_generator(
                 image_sizes, features, gt_instances, self.controller

@@ -22,6 +22,7 @@ from torch import nn
 from ...layers import aligned_bilinear, dice_coefficient
 from ...structures import Instances
 from ..fcos.fcos_targets import compute_locations
+from .boxinst_loss import BoxInstLosses
 
 MASK_HEAD_REGISTRY = Registry("MASK_HEAD")
 MASK_HEAD_REGISTRY.__doc__ = """Mask heads of CondInst, built as ``cls(**cls.from_config(cfg))``."""
@@ -70,6 +71,9 @@ class DynamicMaskHead(nn.Module):
     with ``channels`` hidden channels and 1 output, then ``aligned_bilinear`` to
     ``mask_out_stride``. Relative coordinates are ``(location of the instance - location of
     the pixel) / sizes_of_interest[fpn_level]``.
+
+    With ``boxinst`` (``MODEL.BOXINST.ENABLED``), BoxInst's projection and pairwise losses
+    replace the dice loss (:mod:`.boxinst_loss`); inference is the same.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class DynamicMaskHead(nn.Module):
         mask_out_stride: int = 4,
         disable_rel_coords: bool = False,
         sizes_of_interest: list[int] = (64, 128, 256, 512),
+        boxinst: BoxInstLosses | None = None,
     ):
         super().__init__()
         if num_layers < 1:
@@ -93,6 +98,7 @@ class DynamicMaskHead(nn.Module):
         soi = list(sizes_of_interest)
         self.register_buffer("sizes_of_interest", torch.tensor(soi + [soi[-1] * 2]))
         self.register_buffer("_iter", torch.zeros([1]))
+        self.boxinst = boxinst
 
         first_in = in_channels if disable_rel_coords else in_channels + 2
         weight_nums, bias_nums = [], []
@@ -115,6 +121,11 @@ class DynamicMaskHead(nn.Module):
             mask_out_stride=ci.MASK_OUT_STRIDE,
             disable_rel_coords=ci.MASK_HEAD.DISABLE_REL_COORDS,
             sizes_of_interest=list(cfg.MODEL.FCOS.SIZES_OF_INTEREST),
+            boxinst=(
+                BoxInstLosses(**BoxInstLosses.from_config(cfg))
+                if cfg.MODEL.BOXINST.ENABLED
+                else None
+            ),
         )
 
     def mask_logits(
@@ -177,7 +188,8 @@ class DynamicMaskHead(nn.Module):
     def losses(
         self, mask_logits: torch.Tensor, instances: Instances, gt_instances: list[Instances]
     ) -> dict[str, torch.Tensor]:
-        """``{"loss_mask": mean dice loss}`` over the n instances (float32).
+        """``{"loss_mask": mean dice loss}`` over the n instances (float32); with BoxInst
+        (``boxinst``), its ``{"loss_prj", "loss_pairwise"}`` from box targets instead.
 
         Args:
             mask_logits: (n, 1, Hp/4, Wp/4) from :meth:`mask_logits`.
@@ -188,6 +200,8 @@ class DynamicMaskHead(nn.Module):
         Subclasses add their own terms here; for n == 0 every term must stay connected to the
         graph (e.g. ``mask_logits.sum() * 0``, which is what ``loss_mask`` does).
         """
+        if self.boxinst is not None:
+            return self.boxinst(mask_logits, instances, gt_instances, self._iter)
         if len(instances) == 0:
             return {"loss_mask": mask_logits.sum().float() * 0}
         mask_scores = mask_logits.float().sigmoid()

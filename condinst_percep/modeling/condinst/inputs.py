@@ -25,10 +25,12 @@ def check_image(index: int, record: dict, channels: int) -> torch.Tensor:
     return image
 
 
-def check_gt_instances(index: int, record: dict, num_classes: int) -> Instances:
+def check_gt_instances(
+    index: int, record: dict, num_classes: int, need_masks: bool = True
+) -> Instances:
     """``record["instances"]``, checked: ``gt_boxes`` finite float (G, 4) with x1 <= x2 and
     y1 <= y2, ``gt_classes`` int64 (G,) in [0, num_classes), ``gt_masks`` bool (G, H, W) at the
-    image's size."""
+    image's size (not read, so not needed, when ``need_masks`` is False: BoxInst)."""
     where = f"batched_inputs[{index}]['instances']"
     inst = record.get("instances")
     if not isinstance(inst, Instances):
@@ -36,10 +38,11 @@ def check_gt_instances(index: int, record: dict, num_classes: int) -> Instances:
             f"batched_inputs[{index}] needs 'instances' (an Instances) for training, got "
             f"{type(inst).__name__}"
         )
-    for field in ("gt_boxes", "gt_classes", "gt_masks"):
+    fields = ("gt_boxes", "gt_classes", "gt_masks") if need_masks else ("gt_boxes", "gt_classes")
+    for field in fields:
         if not inst.has(field):
             raise ValueError(f"{where} has no field '{field}' (fields: {list(inst.get_fields())})")
-    boxes, classes, masks = inst.gt_boxes, inst.gt_classes, inst.gt_masks
+    boxes, classes = inst.gt_boxes, inst.gt_classes
     g = len(classes)
     h, w = record["image"].shape[-2:]
     if not boxes.is_floating_point() or boxes.shape != (g, 4):
@@ -50,7 +53,8 @@ def check_gt_instances(index: int, record: dict, num_classes: int) -> Instances:
         raise ValueError(
             f"{where}.gt_classes must be int64 (G,), got {classes.dtype} {tuple(classes.shape)}"
         )
-    if masks.dtype != torch.bool or masks.shape != (g, h, w):
+    masks = inst.gt_masks if need_masks else None
+    if masks is not None and (masks.dtype != torch.bool or masks.shape != (g, h, w)):
         raise ValueError(
             f"{where}.gt_masks must be bool ({g}, {h}, {w}) at the image size, got "
             f"{masks.dtype} {tuple(masks.shape)}"
