@@ -16,6 +16,7 @@ from ..fcos.fcos_targets import compute_locations, mask_centroids
 from .dynamic_mask_head import build_mask_head
 from .inputs import check_gt_instances, check_image
 from .mask_branch import MaskBranch
+from .teacher import build_teacher, wants_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,10 @@ class CondInst(nn.Module):
         backbone = build_backbone(cfg)
         output_shape = backbone.output_shape()
         proposal_generator = FCOS(**FCOS.from_config(cfg, output_shape))
-        mask_head = build_mask_head(cfg)
+        # Built here, between the student's parts, so that the student's initialisation draws
+        # the same random numbers as when the head built its own teacher.
+        teacher = build_teacher(cfg, cls) if wants_teacher(cfg) else None
+        mask_head = build_mask_head(cfg, teacher=teacher)
         mask_branch = MaskBranch(**MaskBranch.from_config(cfg, output_shape))
         controller = nn.Conv2d(
             proposal_generator.in_channels_to_top_module, mask_head.num_gen_params,

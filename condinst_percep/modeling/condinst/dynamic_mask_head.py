@@ -27,16 +27,20 @@ MASK_HEAD_REGISTRY = Registry("MASK_HEAD")
 MASK_HEAD_REGISTRY.__doc__ = """Mask heads of CondInst, built as ``cls(**cls.from_config(cfg))``."""
 
 
-def build_mask_head(cfg) -> nn.Module:
-    """The mask head named ``cfg.MODEL.CONDINST.MASK_HEAD.NAME`` (default ``DynamicMaskHead``)."""
-    name = cfg.MODEL.CONDINST.MASK_HEAD.get("NAME", "DynamicMaskHead")
+def build_mask_head(cfg, teacher: nn.Module | None = None) -> nn.Module:
+    """The mask head named ``cfg.MODEL.CONDINST.MASK_HEAD.NAME``; ``teacher`` (a frozen model
+    whose masks are the head's targets) goes to ``from_config(cfg, teacher=teacher)`` of a
+    head that takes one."""
+    name = cfg.MODEL.CONDINST.MASK_HEAD.NAME
     if name not in MASK_HEAD_REGISTRY:
         raise ValueError(
             f"MODEL.CONDINST.MASK_HEAD.NAME = {name!r} is not registered; registered: "
             f"{sorted(k for k, _ in MASK_HEAD_REGISTRY)}"
         )
     head_cls = MASK_HEAD_REGISTRY.get(name)
-    return head_cls(**head_cls.from_config(cfg))
+    if teacher is None:
+        return head_cls(**head_cls.from_config(cfg))
+    return head_cls(**head_cls.from_config(cfg, teacher=teacher))
 
 
 def parse_dynamic_params(

@@ -77,7 +77,9 @@ class PercepMaskHead(DynamicMaskHead):
         self.__dict__["teacher"] = teacher
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    def from_config(cls, cfg, teacher: nn.Module | None = None) -> dict:
+        """``teacher``: the frozen model of ``MODEL.TEACHER`` (``CondInst.from_config`` builds
+        it), required with ``MODEL.PERCEP.TARGET`` "teacher"."""
         p = cfg.MODEL.PERCEP
         speed_keys = (("CROP_MARGIN", int), ("CROP_APPROXIMATE", bool), ("CHANNELS_LAST", bool))
         for key, kind in speed_keys:
@@ -90,11 +92,6 @@ class PercepMaskHead(DynamicMaskHead):
             percep_loss = PerceptualLoss(**PerceptualLoss.from_config(cfg, in_channels=1))
         except ValueError as e:
             raise ValueError(f"MODEL.PERCEP: {e}") from e
-        teacher = None
-        if p.TARGET == "teacher":
-            from ..teacher import build_teacher
-
-            teacher = build_teacher(cfg)
         return dict(
             super().from_config(cfg),
             percep_loss=percep_loss,
