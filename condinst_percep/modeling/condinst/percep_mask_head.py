@@ -110,23 +110,18 @@ class PercepMaskHead(DynamicMaskHead):
             self.teacher._apply(fn)
         return self
 
-    def forward(
+    def losses(
         self,
-        mask_feats: torch.Tensor,
-        mask_feat_stride: int,
-        pred_instances: Instances,
-        gt_instances: list[Instances] | None = None,
-        batched_inputs: list[dict] | None = None,
+        mask_logits: torch.Tensor,
+        instances: Instances,
+        gt_instances: list[Instances],
         images: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor] | Instances:
-        """As :meth:`DynamicMaskHead.forward`; in training the dict also holds ``loss_percep``
-        (float32 scalar). ``images`` (the student's padded batch) is required with a teacher."""
-        if not self.training:
-            return super().forward(mask_feats, mask_feat_stride, pred_instances)
-        self._iter += 1
-        logits = self.mask_logits(mask_feats, mask_feat_stride, pred_instances)
-        losses = self.losses(logits, pred_instances, gt_instances)
-        losses["loss_percep"] = self.perceptual_loss(logits, pred_instances, gt_instances, images)
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`DynamicMaskHead.losses` plus ``loss_percep`` (float32 scalar, see
+        :meth:`perceptual_loss`) on the same instances. ``images`` (the student's padded batch)
+        is required with a teacher."""
+        losses = super().losses(mask_logits, instances, gt_instances)
+        losses["loss_percep"] = self.perceptual_loss(mask_logits, instances, gt_instances, images)
         return losses
 
     def perceptual_loss(
