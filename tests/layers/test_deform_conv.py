@@ -29,8 +29,9 @@ def kernel_columns(x, offset, mask, kh, kw, stride, padding, dilation, g):
                     k = i * kw + j
                     for oh in range(ho):
                         for ow in range(wo):
-                            h_im = oh * stride - padding + i * dilation + offset[b, grp * 2 * kh * kw + 2 * k, oh, ow]
-                            w_im = ow * stride - padding + j * dilation + offset[b, grp * 2 * kh * kw + 2 * k + 1, oh, ow]
+                            at = grp * 2 * kh * kw + 2 * k
+                            h_im = oh * stride - padding + i * dilation + offset[b, at, oh, ow]
+                            w_im = ow * stride - padding + j * dilation + offset[b, at + 1, oh, ow]
                             val = x.new_zeros(())
                             if h_im > -1 and w_im > -1 and h_im < h and w_im < w:
                                 hl, wl = math.floor(h_im.item()), math.floor(w_im.item())

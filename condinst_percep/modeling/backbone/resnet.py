@@ -118,7 +118,9 @@ class BottleneckBlock(CNNBlockBase):
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = conv_norm(in_channels, bottleneck_channels, 1, norm, stride=stride_1x1)
-        self._add_conv2(bottleneck_channels, stride_3x3, dilation, num_groups, norm, **conv2_options)
+        self._add_conv2(
+            bottleneck_channels, stride_3x3, dilation, num_groups, norm, **conv2_options
+        )
         self.conv3 = conv_norm(bottleneck_channels, out_channels, 1, norm)
 
     def _add_conv2(

@@ -74,7 +74,9 @@ class BoxInstLosses:
         warmup_iters: int = 10000,
     ):
         if pairwise_size < 1 or pairwise_size % 2 != 1:
-            raise ValueError(f"MODEL.BOXINST.PAIRWISE.SIZE must be odd and >= 1, got {pairwise_size}")
+            raise ValueError(
+                f"MODEL.BOXINST.PAIRWISE.SIZE must be odd and >= 1, got {pairwise_size}"
+            )
         if pairwise_dilation < 1:
             raise ValueError(
                 f"MODEL.BOXINST.PAIRWISE.DILATION must be >= 1, got {pairwise_dilation}"

@@ -68,7 +68,9 @@ class BoxInstTargets:
         image_format: str = "BGR",
     ):
         if image_format not in ("BGR", "RGB"):
-            raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB' for BoxInst, got {image_format!r}")
+            raise ValueError(
+                f"INPUT.FORMAT must be 'BGR' or 'RGB' for BoxInst, got {image_format!r}"
+            )
         self.mask_out_stride = mask_out_stride
         self.bottom_pixels_removed = bottom_pixels_removed
         self.pairwise_size = pairwise_size
