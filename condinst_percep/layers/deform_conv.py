@@ -13,12 +13,13 @@ The semantics are those of detectron2's CUDA kernels (``layers/csrc/deformable``
 - DCNv2 multiplies sample ``k`` of group ``g`` by ``mask[:, g * K + k]``;
 - then an ordinary (grouped) convolution of the sampled columns with ``weight``.
 
-Implemented as one gather of the four bilinear corners from the zero-padded input followed by
-a matrix product (im2col), so autograd gives the gradients. The float operations follow the
+Implemented as a gather of the four bilinear corners from the zero-padded input (a small
+autograd Function that gathers again in backward instead of keeping the corners) followed by a
+matrix product (im2col); autograd gives the other gradients. The float operations follow the
 kernels' order (position ``h_in + i * dilation + dy``, interpolation, then the mask): rounding
 differences, amplified through a deep network's backward, otherwise show in the gradients
-(1e-6 instead of 5e-4 relative against torchvision's CPU op on a DCNv2 ResNet-50). Memory: the
-sampled corners, 4 x (N, C, K, Ho * Wo), are kept for backward.
+(1e-6 instead of 5e-4 relative against torchvision's CPU op on a DCNv2 ResNet-50). Memory kept
+for backward: the sampled columns (N, C, K, Ho * Wo), twice with a mask.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 
@@ -96,18 +98,21 @@ def deform_conv2d(
     y_floor, x_floor = torch.floor(y), torch.floor(x)
     ly, lx = y - y_floor, x - x_floor
     hy, hx = 1 - ly, 1 - lx
-    corner_weights = torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], dim=3)  # (N,G,K,4,Ho,Wo)
-    corner_weights = corner_weights * inside.unsqueeze(3).to(corner_weights.dtype)
+    # Corners (top-left, top-right, bottom-left, bottom-right): (N, G, 4, K, Ho, Wo).
+    corner_weights = torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], dim=2)
+    corner_weights = corner_weights * inside.unsqueeze(2).to(corner_weights.dtype)
     # In the input zero-padded by one pixel, both corners of an inside sample are in range.
     wp = w + 2
     top_left = (y_floor + 1).clamp(0, h).long() * wp + (x_floor + 1).clamp(0, w).long()
-    top_left = top_left.unsqueeze(3)
-    corners = top_left + torch.tensor([0, 1, wp, wp + 1], device=input.device).view(4, 1, 1)
+    steps = torch.tensor([0, 1, wp, wp + 1], device=input.device).view(4, 1, 1, 1)
+    corners = top_left.unsqueeze(2) + steps
 
     padded = torch.nn.functional.pad(input, (1, 1, 1, 1)).reshape(n * g, c // g, -1)
-    index = corners.reshape(n * g, 1, -1).expand(-1, c // g, -1)
-    samples = torch.gather(padded, 2, index).reshape(n * g, c // g, taps, 4, ho * wo)
-    columns = (samples * corner_weights.reshape(n * g, 1, taps, 4, ho * wo)).sum(dim=3)
+    columns = _BilinearGather.apply(
+        padded,
+        corners.reshape(n * g, 4, taps * ho * wo),
+        corner_weights.reshape(n * g, 4, taps * ho * wo),
+    ).reshape(n * g, c // g, taps, ho * wo)
     if mask is not None:
         # After the interpolation, as the kernels do (the same rounding).
         columns = columns * mask.reshape(n * g, 1, taps, ho * wo)
@@ -118,6 +123,45 @@ def deform_conv2d(
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out
+
+
+class _BilinearGather(torch.autograd.Function):
+    """``out[b, c, q] = sum_k weights[b, k, q] * input[b, c, index[b, k, q]]`` over the 4
+    bilinear corners k, summed left to right as the kernels do. input (B, C, P), index int64
+    and weights (B, 4, Q) → (B, C, Q).
+
+    Autograd through ``gather`` would keep the four gathered (B, C, Q) tensors for backward;
+    this keeps only the inputs and gathers again in backward, a quarter of the memory."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, index: torch.Tensor, weights: torch.Tensor):
+        ctx.save_for_backward(input, index, weights)
+        out = None
+        for k in range(4):
+            term = _gather(input, index[:, k]) * weights[:, k : k + 1]
+            out = term if out is None else out.add_(term)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        input, index, weights = ctx.saved_tensors
+        grad_input = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_input = torch.zeros_like(input)
+            for k in range(4):
+                where = index[:, k : k + 1].expand(-1, input.shape[1], -1)
+                grad_input.scatter_add_(2, where, grad_out * weights[:, k : k + 1])
+        if ctx.needs_input_grad[2]:
+            grad_weights = torch.stack(
+                [(grad_out * _gather(input, index[:, k])).sum(dim=1) for k in range(4)], dim=1
+            )
+        return grad_input, None, grad_weights
+
+
+def _gather(input: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """input (B, C, P), index (B, Q) → (B, C, Q)."""
+    return torch.gather(input, 2, index[:, None].expand(-1, input.shape[1], -1))
 
 
 class _DeformConvBase(nn.Module):
