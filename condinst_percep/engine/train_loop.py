@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from condinst_percep.utils import comm
-from condinst_percep.utils.events import EventStorage, get_event_storage
+from ..utils import comm
+from ..utils.events import EventStorage, get_event_storage
 
 __all__ = ["HookBase", "StopSignals", "TrainerBase", "SimpleTrainer", "AMP_DTYPES"]
 
