@@ -1,5 +1,12 @@
 from .aligned_bilinear import aligned_bilinear
-from .batch_norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm, guard_batch_statistics
+from .batch_norm import (
+    NORM_NAMES,
+    FrozenBatchNorm2d,
+    NaiveSyncBatchNorm,
+    check_norm_cfg,
+    get_norm,
+    guard_batch_statistics,
+)
 from .deform_conv import DeformConv, ModulatedDeformConv, deform_conv2d
 from .losses import IOULoss, dice_coefficient, sigmoid_focal_loss
 from .nms import batched_nms, nms
@@ -7,6 +14,7 @@ from .shape_spec import ShapeSpec
 from .wrappers import Conv2d, c2_msra_fill, c2_xavier_fill
 
 __all__ = [
+    "NORM_NAMES",
     "Conv2d",
     "DeformConv",
     "ModulatedDeformConv",
@@ -15,6 +23,7 @@ __all__ = [
     "NaiveSyncBatchNorm",
     "c2_msra_fill",
     "c2_xavier_fill",
+    "check_norm_cfg",
     "get_norm",
     "guard_batch_statistics",
     "IOULoss",

@@ -232,3 +232,21 @@ def test_losses_without_instances_stay_connected():
 def test_bad_pairwise_settings_name_the_key(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BoxInstLosses(**kwargs)
+
+
+def test_validate_cfg_names_bad_boxinst_keys():
+    from condinst_percep.config import get_cfg
+    from condinst_percep.config.validate import UnsupportedConfigError
+    from condinst_percep.engine import validate_cfg
+
+    cfg = get_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BOXINST.ENABLED = True
+    validate_cfg(cfg)
+    cfg.MODEL.BOXINST.PAIRWISE.SIZE = 4
+    cfg.MODEL.BOXINST.PAIRWISE.COLOR_THRESH = 1.5
+    with pytest.raises(UnsupportedConfigError) as err:
+        validate_cfg(cfg)
+    assert [p.split(" = ")[0] for p in err.value.problems] == [
+        "MODEL.BOXINST.PAIRWISE.SIZE", "MODEL.BOXINST.PAIRWISE.COLOR_THRESH"
+    ]

@@ -9,7 +9,12 @@ import torch
 from condinst_percep.config import get_cfg
 from condinst_percep.layers import ShapeSpec
 from condinst_percep.modeling.backbone import BottleneckBlock
-from condinst_percep.modeling.backbone.resnet import DeformBottleneckBlock, build_resnet_backbone
+from condinst_percep.config.validate import UnsupportedConfigError, collect_problems
+from condinst_percep.modeling.backbone.resnet import (
+    DeformBottleneckBlock,
+    build_resnet_backbone,
+    check_resnet_cfg,
+)
 
 
 def deform_cfg(depth=101, stages=(False, True, True, True), modulated=True, interval=3, groups=1):
@@ -21,7 +26,8 @@ def deform_cfg(depth=101, stages=(False, True, True, True), modulated=True, inte
     r.DEFORM_INTERVAL = interval
     r.DEFORM_NUM_GROUPS = groups
     # Narrow widths: the structure, not the size, is under test.
-    r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS, r.WIDTH_PER_GROUP = 8, 16, 4
+    r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS = 8, 16
+    r.WIDTH_PER_GROUP = 4 if depth >= 50 else 64
     return cfg
 
 
@@ -108,5 +114,6 @@ def test_zero_offsets_start_as_the_plain_block(modulated, stride):
     ],
 )
 def test_refused_deform_settings_name_the_key(overrides, match):
-    with pytest.raises(ValueError, match=match):
-        build_resnet_backbone(deform_cfg(**overrides), ShapeSpec(channels=3))
+    with pytest.raises(UnsupportedConfigError, match=match) as err:
+        collect_problems(deform_cfg(**overrides), [check_resnet_cfg])
+    assert len(err.value.problems) == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...config.validate import Report
 from ...layers import dice_coefficient
 from ...structures import Instances
 
@@ -55,6 +56,19 @@ def pairwise_term(mask_logits: torch.Tensor, kernel_size: int, dilation: int) ->
     top = torch.max(log_same_fg, log_same_bg)
     log_same = torch.log(torch.exp(log_same_fg - top) + torch.exp(log_same_bg - top)) + top
     return -log_same[:, 0]
+
+
+def check_boxinst_cfg(cfg, bad: Report) -> None:
+    """The checks of ``MODEL.BOXINST.PAIRWISE`` (with BoxInst on; see ``collect_problems``)."""
+    p = cfg.MODEL.BOXINST.PAIRWISE
+    if p.SIZE < 1 or p.SIZE % 2 != 1:
+        bad("MODEL.BOXINST.PAIRWISE.SIZE", "must be odd and >= 1 (the neighbourhood's side)")
+    if p.DILATION < 1:
+        bad("MODEL.BOXINST.PAIRWISE.DILATION", "must be >= 1")
+    if p.WARMUP_ITERS < 1:
+        bad("MODEL.BOXINST.PAIRWISE.WARMUP_ITERS", "must be >= 1")
+    if not 0 <= p.COLOR_THRESH <= 1:
+        bad("MODEL.BOXINST.PAIRWISE.COLOR_THRESH", "a colour similarity in [0, 1]")
 
 
 class BoxInstLosses:
