@@ -117,3 +117,27 @@ def test_dcni3_resnet_trains_under_the_fpn_backbone():
     history = train_steps(model)
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
     assert blocks[0].conv2_offset.weight.abs().sum() > 0
+
+
+def test_boxinst_with_the_perceptual_loss_against_a_boxinst_teacher(tmp_path):
+    """configs/Quickstart/BoxInst-Percep-Teacher_shapes.yaml: BoxInst's losses plus
+    ``loss_percep`` against a frozen BoxInst teacher, no GT mask anywhere."""
+    quickstart = CONFIGS.parent / "Quickstart"
+    teacher_cfg = get_cfg()
+    teacher_cfg.merge_from_file(str(quickstart / "BoxInst_shapes.yaml"))
+    torch.manual_seed(1)
+    torch.save({"model": build_model(teacher_cfg).state_dict()}, tmp_path / "teacher.pth")
+    cfg = get_cfg()
+    cfg.merge_from_file(str(quickstart / "BoxInst-Percep-Teacher_shapes.yaml"))
+    cfg.merge_from_list([
+        "MODEL.TEACHER.CONFIG_FILE", str(quickstart / "BoxInst_shapes.yaml"),
+        "MODEL.TEACHER.WEIGHTS", str(tmp_path / "teacher.pth"),
+    ])
+    model = build_model(cfg)
+    history = train_steps(model, steps=2)
+    assert set(history[0]) == {
+        "loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_prj", "loss_pairwise",
+        "loss_percep",
+    }
+    assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
+    assert history[0]["loss_percep"] > 0
