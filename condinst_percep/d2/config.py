@@ -64,10 +64,9 @@ def condinst_cfg(cfg: FvcoreCfgNode) -> CfgNode:
     theirs = _leaves(cfg)
     missing = [key for key in _leaves(ours) if key not in theirs]
     if missing:
-        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise MissingConfigKeysError(
-            f"this detectron2 config lacks condinst-percep's keys ({shown}): call "
-            "condinst_percep.d2.add_condinst_percep_config(cfg) on it before merging the YAML"
+            f"this detectron2 config lacks condinst-percep's keys ({', '.join(_absent(cfg, missing))}):"
+            " call condinst_percep.d2.add_condinst_percep_config(cfg) on it before merging the YAML"
         )
     for key in _leaves(ours):
         *parents, leaf = key.split(".")
@@ -77,3 +76,16 @@ def condinst_cfg(cfg: FvcoreCfgNode) -> CfgNode:
         node[leaf] = copy.deepcopy(theirs[key])
     ours.MODEL.META_ARCHITECTURE = "CondInst"
     return ours
+
+
+def _absent(cfg: FvcoreCfgNode, keys: list[str]) -> list[str]:
+    """``keys`` summarised by their first node absent from ``cfg`` ("MODEL.FCOS.*")."""
+    out: dict[str, None] = {}
+    for key in keys:
+        parts, node = key.split("."), cfg
+        for i, part in enumerate(parts):
+            if part not in node:
+                out[".".join(parts[: i + 1]) + (".*" if i < len(parts) - 1 else "")] = None
+                break
+            node = node[part]
+    return list(out)
