@@ -63,8 +63,8 @@ def test_detectron2_config_without_our_keys_names_add_condinst_percep_config(d2)
     cfg.MODEL.DEVICE = "cpu"
     with pytest.raises(KeyError, match=r"add_condinst_percep_config\(cfg\)") as info:
         build_model(cfg)
-    assert "MODEL.FCOS.*" in str(info.value) and "MODEL.PERCEP.*" in str(info.value)
-    assert "MODEL.BACKBONE.ANTI_ALIAS," in str(info.value)
+    # (Importing AdelaiDet adds its keys, MODEL.FCOS.* ..., to detectron2's defaults in place.)
+    assert "MODEL.PERCEP.*, MODEL.TEACHER.*" in str(info.value)
 
 
 def test_add_condinst_percep_config_keeps_existing_keys_and_adds_ours(d2):
