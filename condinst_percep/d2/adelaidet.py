@@ -24,7 +24,8 @@ except ImportError as e:
         "MODEL.META_ARCHITECTURE 'CondInstPercep' (condinst_percep.d2)."
     ) from e
 
-from ..modeling.condinst import PercepMaskHead
+from ..modeling.condinst import CondInst, PercepMaskHead
+from ..modeling.condinst.teacher import build_teacher, wants_teacher
 from ..structures import Instances
 from .config import condinst_cfg
 from .registry import register_meta_arch
@@ -53,7 +54,8 @@ class PercepDynamicMaskHead(AdelaiDetMaskHead):
                 f"MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} adds loss_percep, "
                 "but MODEL.PERCEP.ENABLED is False (use AdelaiDet's 'CondInst' for the plain model)"
             )
-        self.__dict__["percep"] = PercepMaskHead(**PercepMaskHead.from_config(ours))
+        teacher = build_teacher(ours, CondInst) if wants_teacher(ours) else None
+        self.__dict__["percep"] = PercepMaskHead(**PercepMaskHead.from_config(ours, teacher=teacher))
         self.images: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
 
