@@ -11,7 +11,9 @@ the synthetic shapes set, mapped by detectron2's ``DatasetMapper``): the trainin
   head on AdelaiDet's CondInst (``adelaidet+percep``, ``CondInstPercepAdelaiDet``).
 
 Every timing is round-robin over the cases (one repeat of each in turn, so other processes'
-load hits all alike); medians, minima and ratios come from the same run. Run it with the peer
+load hits all alike); medians, minima and ratios come from the same run, in wall time and in
+this process's CPU time (with one torch thread, the CPU time is what other processes' load
+disturbs least). Run it with the peer
 environment's python (``bash tools/peer_env.sh --python``)::
 
     OMP_NUM_THREADS=1 $PEER_PY benchmarks/bench_d2_parity.py --repeats 7 --percep
@@ -21,25 +23,22 @@ import copy
 import datetime
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 from tabulate import tabulate
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_perceptual import machine_description
 
-from bench_perceptual import machine_description  # noqa: E402
-
-import adet  # noqa: E402
-import condinst_percep.d2.adelaidet  # noqa: E402,F401
-from adet.config import get_cfg  # noqa: E402
-from condinst_percep.d2 import add_condinst_percep_config  # noqa: E402
-from condinst_percep.data import generate_shapes  # noqa: E402
-from detectron2.data import DatasetMapper  # noqa: E402
-from detectron2.data.datasets import load_coco_json  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
+import adet
+import condinst_percep.d2.adelaidet  # noqa: F401  registers CondInstPercepAdelaiDet
+from adet.config import get_cfg
+from condinst_percep.d2 import add_condinst_percep_config
+from condinst_percep.data import generate_shapes
+from detectron2.data import DatasetMapper
+from detectron2.data.datasets import load_coco_json
+from detectron2.modeling import build_model
 
 PERCEP = ["MODEL.PERCEP.ENABLED", True, "MODEL.CONDINST.MASK_HEAD.NAME", "PercepMaskHead",
           "MODEL.PERCEP.TARGET", "gt", "MODEL.PERCEP.STRUCTURE", (1, 1, 1, 1, 1),
@@ -79,23 +78,27 @@ def build(cfg, arch: str, state: dict | None):
     return model
 
 
-def step(model, batch) -> float:
+def step(model, batch) -> tuple[float, float]:
+    """(wall, CPU) seconds of forward + backward."""
     model.train()
     model.zero_grad(set_to_none=True)
     torch.manual_seed(0)
-    start = time.perf_counter()
-    losses = model(copy.deepcopy(batch))
+    batch = copy.deepcopy(batch)
+    start, cpu = time.perf_counter(), time.process_time()
+    losses = model(batch)
     sum(losses.values()).backward()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def infer(model, batch) -> float:
+def infer(model, batch) -> tuple[float, float]:
+    """(wall, CPU) seconds per image, one image per call."""
     model.eval()
-    start = time.perf_counter()
+    batch = copy.deepcopy(batch)
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
         for x in batch:  # AdelaiDet cannot batch images of different sizes at inference
-            model([copy.deepcopy(x)])
-    return (time.perf_counter() - start) / len(batch)
+            model([x])
+    return (time.perf_counter() - start) / len(batch), (time.process_time() - cpu) / len(batch)
 
 
 def main() -> None:
@@ -136,16 +139,21 @@ def main() -> None:
         ref = name.replace("ours", "adelaidet")
         row = [name]
         for kind in ("step", "infer"):
-            med = statistics.median(times[name][kind]) * 1000
-            ref_med = statistics.median(times[ref][kind]) * 1000
-            row += [f"{med:.0f}", f"{min(times[name][kind]) * 1000:.0f}", f"{med / ref_med:.3f}"]
+            for clock in (0, 1):  # wall, CPU
+                ms = [t[clock] * 1000 for t in times[name][kind]]
+                ref_med = statistics.median(t[clock] * 1000 for t in times[ref][kind])
+                row += [f"{statistics.median(ms):.0f}", f"{min(ms):.0f}",
+                        f"{statistics.median(ms) / ref_med:.3f}"]
         rows.append(row)
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"{machine_description('cpu')}, torch {torch.__version__}, load average "
           f"{os.getloadavg()[0]:.1f}, R-50 (AdelaiDet MS_R_50_1x.yaml), batch {sizes}, "
           f"{args.repeats} repeats")
-    print(tabulate(rows, headers=["model", "step median ms", "min", "vs AdelaiDet",
-                                  "inference ms/image", "min", "vs AdelaiDet"], tablefmt="github"))
+    headers = ["model"]
+    for kind in ("step", "inference/image"):
+        for clock in ("wall", "CPU"):
+            headers += [f"{kind} {clock} median ms", "min", "vs AdelaiDet"]
+    print(tabulate(rows, headers=headers, tablefmt="github"))
 
 
 if __name__ == "__main__":

@@ -18,16 +18,13 @@ head; needs AdelaiDet) or AdelaiDet's own ``CondInst``. The base config is Adela
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, verify_results
 
-import detectron2.utils.comm as comm  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.evaluation import COCOEvaluator, verify_results  # noqa: E402
-
-from condinst_percep.d2 import add_condinst_percep_config  # noqa: E402
+from condinst_percep.d2 import add_condinst_percep_config
 
 try:
     from adet.config import get_cfg

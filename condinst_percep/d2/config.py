@@ -7,6 +7,7 @@ import copy
 from fvcore.common.config import CfgNode as FvcoreCfgNode
 
 from ..config import CfgNode, get_cfg
+from ..config.config import _flatten as _leaves
 
 
 class MissingConfigKeysError(KeyError):
@@ -14,16 +15,6 @@ class MissingConfigKeysError(KeyError):
 
     def __str__(self) -> str:
         return self.args[0]
-
-
-def _leaves(node: FvcoreCfgNode, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in node.items():
-        if isinstance(v, FvcoreCfgNode):
-            out.update(_leaves(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def add_condinst_percep_config(cfg: FvcoreCfgNode) -> FvcoreCfgNode:

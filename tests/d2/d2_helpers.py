@@ -9,6 +9,7 @@ import os
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 
 SKIP_REASON = (
@@ -28,37 +29,24 @@ def write_polygon_dataset(
     root: str, num_images: int, seed: int = 0, min_size: int = 160, max_size: int = 256,
     max_objects: int = 4,
 ) -> tuple[str, str]:
-    """``root/images/*.jpg`` and ``root/annotations.json`` (COCO): occluded circles, rectangles,
-    triangles and ellipses on textured, noisy backgrounds (condinst_percep.data.shapes), each
-    annotation the polygons of its visible, irregular part. Returns (json, image dir)."""
-    from condinst_percep.data.shapes import SHAPE_CLASSES, render_scene
+    """The synthetic shapes set (condinst_percep.data.shapes: occluded circles, rectangles,
+    triangles and ellipses on textured, noisy backgrounds) with every annotation stored as the
+    polygons of its visible, irregular part (the generator stores about half as RLE, which
+    detectron2's ``INPUT.MASK_FORMAT "polygon"`` cannot read). Returns (json, image dir)."""
+    from condinst_percep.data import generate_shapes
 
-    image_dir = os.path.join(root, "images")
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for i in range(num_images):
-        rng = np.random.default_rng([seed, i])
-        h, w = (int(s) for s in rng.integers(min_size, max_size + 1, size=2))
-        image, classes, _, visible = render_scene(rng, h, w, max_objects)
-        name = f"{i:06d}.jpg"
-        cv2.imwrite(os.path.join(image_dir, name), image)
-        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
-        for cls, vis in zip(classes, visible):
-            polygons = polygons_of(vis)
-            if not polygons:
-                continue
-            xs, ys = np.nonzero(vis)[1], np.nonzero(vis)[0]
-            x0, y0 = float(xs.min()), float(ys.min())
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1, "category_id": cls + 1,
-                "segmentation": polygons, "area": float(vis.sum()), "iscrowd": 0,
-                "bbox": [x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0],
-            })
-    categories = [{"id": k + 1, "name": n} for k, n in enumerate(SHAPE_CLASSES)]
-    json_file = os.path.join(root, "annotations.json")
+    json_file = generate_shapes(root, num_images, min_size, max_size, seed, max_objects)
+    with open(json_file) as f:
+        dataset = json.load(f)
+    for ann in dataset["annotations"]:
+        segm = ann["segmentation"]
+        if isinstance(segm, dict):
+            rle = {"size": segm["size"], "counts": segm["counts"].encode("ascii")}
+            ann["segmentation"] = polygons_of(mask_util.decode(rle).astype(bool))
+    dataset["annotations"] = [a for a in dataset["annotations"] if a["segmentation"]]
     with open(json_file, "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
-    return json_file, image_dir
+        json.dump(dataset, f)
+    return json_file, os.path.join(root, "images")
 
 
 def register_polygon_dataset(name: str, root: str, num_images: int, seed: int = 0, **kw) -> str:

@@ -71,6 +71,7 @@ def test_add_condinst_percep_config_keeps_existing_keys_and_adds_ours(d2):
     from detectron2.config import CfgNode, get_cfg
 
     from condinst_percep.config import get_cfg as our_get_cfg
+    from condinst_percep.config.config import _flatten
 
     cfg = get_cfg()
     cfg.MODEL.RESNETS.DEPTH = 101
@@ -84,26 +85,18 @@ def test_add_condinst_percep_config_keeps_existing_keys_and_adds_ours(d2):
     assert cfg.MODEL.PERCEP.LOSS_WEIGHT == ours.MODEL.PERCEP.LOSS_WEIGHT
     assert cfg.MODEL.FCOS.NUM_CLASSES == ours.MODEL.FCOS.NUM_CLASSES
     # Every key detectron2 had is unchanged; a second call changes nothing.
-    flat_before = {k for k, _ in _leaves(before)}
-    assert all(dict(_leaves(cfg))[k] == v for k, v in _leaves(before))
+    flat_before = _flatten(before)
+    assert all(_flatten(cfg)[k] == v for k, v in flat_before.items())
     after = cfg.dump()
     d2.add_condinst_percep_config(cfg)
     assert cfg.dump() == after
-    assert flat_before < {k for k, _ in _leaves(cfg)}
+    assert set(flat_before) < set(_flatten(cfg))
     # And the converted config is ours, with detectron2's values where both have the key.
     converted = d2.condinst_cfg(cfg)
     assert converted.MODEL.RESNETS.DEPTH == 101 and converted.MODEL.META_ARCHITECTURE == "CondInst"
     cfg.freeze()
     with pytest.raises(ValueError, match="frozen"):
         d2.add_condinst_percep_config(cfg)
-
-
-def _leaves(node, prefix=""):
-    for k, v in node.items():
-        if isinstance(v, dict):
-            yield from _leaves(v, f"{prefix}{k}.")
-        else:
-            yield prefix + k, v
 
 
 def test_models_registered_together_without_clash_or_override(d2):

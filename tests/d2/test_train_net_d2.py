@@ -248,3 +248,21 @@ def test_detection_checkpointer_loads_msra_caffe2_pkl(trained, tmp_path):
     state = model.state_dict()
     for name, value in blobs.items():
         assert np.array_equal(state[caffe2_resnet_name(name)].numpy(), value), name
+
+
+def test_default_trainer_trains_adelaidet_condinst_with_our_head(trained, tmp_path):
+    """The third way to train: AdelaiDet's CondInst with our perceptual head, detectron2's
+    DefaultTrainer; loss_percep is logged beside AdelaiDet's losses."""
+    pytest.importorskip("adet", reason="AdelaiDet is not importable")
+    train_net = trained[0]
+    percep = ["MODEL.META_ARCHITECTURE", "CondInstPercepAdelaiDet", "MODEL.PERCEP.ENABLED", "True",
+              "MODEL.CONDINST.MASK_HEAD.NAME", "PercepMaskHead", "MODEL.PERCEP.TARGET", "gt",
+              "MODEL.PERCEP.STRUCTURE", "(1, 1, 1, 1, 1)", "MODEL.PERCEP.WIDTHS", "(8, 16, 32, 64, 64)",
+              "SOLVER.MAX_ITER", "4", "DATASETS.TEST", "()"]
+    run(train_net, tmp_path, opts=percep)
+    with open(tmp_path / "metrics.json") as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    assert lines[-1]["iteration"] == 3
+    assert lines[-1]["loss_percep"] > 0 and np.isfinite(lines[-1]["total_loss"])
+    state = torch.load(tmp_path / "model_final.pth", weights_only=False)["model"]
+    assert set(state) == set(build_model(trained[1]).state_dict())  # AdelaiDet's = ours
