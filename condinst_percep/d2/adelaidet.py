@@ -24,6 +24,7 @@ except ImportError as e:
         "MODEL.META_ARCHITECTURE 'CondInstPercep' (condinst_percep.d2)."
     ) from e
 
+from ..config.validate import collect_problems
 from ..modeling.condinst import CondInst, PercepMaskHead
 from ..modeling.condinst.teacher import build_teacher, wants_teacher
 from ..structures import Instances
@@ -54,6 +55,8 @@ class PercepDynamicMaskHead(AdelaiDetMaskHead):
                 f"MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} adds loss_percep, "
                 "but MODEL.PERCEP.ENABLED is False (use AdelaiDet's 'CondInst' for the plain model)"
             )
+        # Our head's own checks of MODEL.PERCEP.* and MODEL.TEACHER.*, every problem at once.
+        collect_problems(ours, [PercepMaskHead.check_cfg])
         teacher = build_teacher(ours, CondInst) if wants_teacher(ours) else None
         self.__dict__["percep"] = PercepMaskHead(**PercepMaskHead.from_config(ours, teacher=teacher))
         self.images: torch.Tensor | None = None

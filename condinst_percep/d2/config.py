@@ -7,7 +7,7 @@ import copy
 from fvcore.common.config import CfgNode as FvcoreCfgNode
 
 from ..config import CfgNode, get_cfg
-from ..config.config import _flatten as _leaves
+from ..config.config import flatten as _leaves
 
 
 class MissingConfigKeysError(KeyError):

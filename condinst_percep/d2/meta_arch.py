@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..config import validate_cfg
-from ..modeling import check_device
+from ..config import validate
+from ..config.validate import collect_problems
+from ..modeling import check_device, check_model_cfg
 from ..modeling.condinst import CondInst
 from .config import condinst_cfg
 from .registry import register_meta_arch
@@ -15,8 +16,8 @@ class CondInstPercep(CondInst):
     built from a detectron2 config, speaking detectron2's structures.
 
     Built by ``detectron2.modeling.build_model(cfg)`` with ``MODEL.META_ARCHITECTURE
-    "CondInstPercep"``; ``cfg`` needs our keys (:func:`add_condinst_percep_config`) and is
-    checked by ``validate_cfg`` as in our own engine. The modules and the state_dict are our
+    "CondInstPercep"``; ``cfg`` needs our keys (:func:`add_condinst_percep_config`), and the
+    model's keys are checked as our ``build_model`` checks them. The modules and the state_dict are our
     CondInst's, which are AdelaiDet's, so checkpoints move between detectron2's
     ``DetectionCheckpointer``, our ``Checkpointer`` and AdelaiDet unchanged.
 
@@ -30,7 +31,9 @@ class CondInstPercep(CondInst):
 
     def __init__(self, cfg):
         ours = condinst_cfg(cfg)
-        validate_cfg(ours)
+        # The checks of condinst_percep.modeling.build_model: the model's keys (data, solver and
+        # test keys are detectron2's business here).
+        collect_problems(ours, [validate.check_cfg, check_model_cfg])
         check_device(ours.MODEL.DEVICE)
         super().__init__(**CondInst.from_config(ours))
 

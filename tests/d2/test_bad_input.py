@@ -71,7 +71,7 @@ def test_add_condinst_percep_config_keeps_existing_keys_and_adds_ours(d2):
     from detectron2.config import CfgNode, get_cfg
 
     from condinst_percep.config import get_cfg as our_get_cfg
-    from condinst_percep.config.config import _flatten
+    from condinst_percep.config.config import flatten as _flatten
 
     cfg = get_cfg()
     cfg.MODEL.RESNETS.DEPTH = 101
@@ -141,6 +141,8 @@ def test_percep_adelaidet_refuses_disabled_loss_and_boxinst(d2):
     from adet.config import get_cfg
     from detectron2.modeling import build_model
 
+    from condinst_percep.config import UnsupportedConfigError
+
     cfg = get_cfg()
     d2.add_condinst_percep_config(cfg)
     cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "CondInstPercepAdelaiDet", "MODEL.DEVICE", "cpu",
@@ -152,6 +154,13 @@ def test_percep_adelaidet_refuses_disabled_loss_and_boxinst(d2):
     with pytest.raises(ValueError, match="MODEL.PERCEP.ENABLED is False"):
         build_model(cfg)
     cfg.MODEL.PERCEP.ENABLED = True
+    cfg.MODEL.PERCEP.LOSS_WEIGHT = -1.0
+    cfg.MODEL.PERCEP.TARGET = "gt"
+    cfg.MODEL.TEACHER.WEIGHTS = "teacher.pth"
+    with pytest.raises(UnsupportedConfigError) as info:  # our head's checks, every problem
+        build_model(cfg)
+    assert "MODEL.PERCEP.LOSS_WEIGHT = -1.0" in str(info.value)
+    assert "MODEL.TEACHER.WEIGHTS = 'teacher.pth': would be ignored" in str(info.value)
     cfg.MODEL.BOXINST.ENABLED = True
     with pytest.raises(ValueError, match="MODEL.BOXINST.ENABLED"):
         build_model(cfg)
