@@ -3,7 +3,8 @@
 
 detectron2's deformable convolutions have CUDA kernels only ("not supported on CPUs");
 :func:`deform_conv_on_cpu` stands torchvision's compiled CPU op in for them (the same
-semantics: tests/layers/test_deform_conv.py checks it against our op and the kernels' rules).
+semantics: test_boxinst_dcn_parity.py checks it against our op, and tests/layers/
+test_deform_conv.py ours against the kernels' rules).
 """
 
 from __future__ import annotations
