@@ -1,5 +1,4 @@
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +23,9 @@ from condinst_percep.modeling.backbone import (
     build_fcos_resnet_fpn_backbone,
 )
 
-TSV = Path(__file__).resolve().parent / "assets" / "condinst_r50_state_dict.tsv"
+from tests.conftest import ASSETS, SMALL_BACKBONE, tiny_cfg
+
+TSV = ASSETS / "condinst_r50_state_dict.tsv"
 
 
 def reference_backbone_rows() -> list[tuple[str, tuple[int, ...]]]:
@@ -35,18 +36,6 @@ def reference_backbone_rows() -> list[tuple[str, tuple[int, ...]]]:
             dims = tuple(int(s) for s in shape.strip("(,)").split(",") if s.strip())
             rows.append((key[len("backbone.") :], dims))
     return rows
-
-
-def tiny_cfg(depth: int = 18, **resnets):
-    cfg = get_cfg()
-    cfg.MODEL.RESNETS.DEPTH = depth
-    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 8
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 8 if depth < 50 else 16
-    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 64 if depth < 50 else 4
-    cfg.MODEL.FPN.OUT_CHANNELS = 16
-    for k, v in resnets.items():
-        cfg.MODEL.RESNETS[k] = v
-    return cfg
 
 
 def randomise_norms(module: nn.Module) -> None:
@@ -127,7 +116,7 @@ def test_basic_block_identity_shortcut_against_plain_convs():
 
 def test_stride_in_1x1_places_stride():
     for flag, conv1_stride, conv2_stride in [(True, 2, 1), (False, 1, 2)]:
-        cfg = tiny_cfg(50, STRIDE_IN_1X1=flag)
+        cfg = tiny_cfg(**SMALL_BACKBONE[50], **{"MODEL.RESNETS.STRIDE_IN_1X1": flag})
         res3 = build_backbone(cfg).bottom_up.res3[0]
         assert (res3.conv1.stride[0], res3.conv2.stride[0]) == (conv1_stride, conv2_stride)
 
@@ -136,7 +125,7 @@ def test_stride_in_1x1_places_stride():
 
 
 def test_fpn_forward_against_reference():
-    cfg = tiny_cfg(18, NORM="BN")
+    cfg = tiny_cfg(**SMALL_BACKBONE[18], **{"MODEL.RESNETS.NORM": "BN"})
     backbone = build_backbone(cfg).eval()
     randomise_norms(backbone)
     x = torch.randn(2, 3, 64, 96)
@@ -167,7 +156,7 @@ def test_fpn_forward_against_reference():
     [(2, ["p3", "p4", "p5", "p6", "p7"]), (1, ["p3", "p4", "p5", "p6"]), (0, ["p3", "p4", "p5"])],
 )
 def test_top_levels(top_levels, names):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(**SMALL_BACKBONE[18])
     cfg.MODEL.FCOS.TOP_LEVELS = top_levels
     backbone = build_backbone(cfg)
     assert list(backbone.output_shape()) == names
@@ -177,19 +166,19 @@ def test_top_levels(top_levels, names):
 
 def test_tiny_r18_and_r34_from_scratch_channels():
     for depth in (18, 34):
-        backbone = build_fcos_resnet_fpn_backbone(tiny_cfg(depth))
+        backbone = build_fcos_resnet_fpn_backbone(tiny_cfg(**SMALL_BACKBONE[depth]))
         res = backbone.bottom_up.output_shape()
         assert [res[f].channels for f in ("res3", "res4", "res5")] == [16, 32, 64]
         assert backbone.fpn_lateral5.weight.shape == (16, 64, 1, 1)
 
 
 def test_input_errors():
-    backbone = build_backbone(tiny_cfg())
+    backbone = build_backbone(tiny_cfg(**SMALL_BACKBONE[18]))
     with pytest.raises(ValueError, match="multiples of 32"):
         backbone(torch.zeros(1, 3, 50, 64))
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         backbone(torch.zeros(1, 1, 64, 64))
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(**SMALL_BACKBONE[18])
     cfg.MODEL.BACKBONE.NAME = "build_fcos_resnet_bifpn_backbone"
     with pytest.raises(ValueError, match="build_fcos_resnet_bifpn_backbone"):
         build_backbone(cfg)
@@ -203,7 +192,7 @@ def test_input_errors():
     [(0, []), (1, ["stem"]), (2, ["stem", "res2"]), (5, ["stem", "res2", "res3", "res4", "res5"])],
 )
 def test_freeze_at(freeze_at, frozen):
-    cfg = tiny_cfg(NORM="BN")
+    cfg = tiny_cfg(**SMALL_BACKBONE[18], **{"MODEL.RESNETS.NORM": "BN"})
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     bottom_up = build_backbone(cfg).bottom_up
     for name in ["stem", "res2", "res3", "res4", "res5"]:
@@ -374,7 +363,8 @@ def test_naive_sync_bn_two_processes_equals_batchnorm_on_the_whole_batch(tmp_pat
 
 
 def test_group_norm_resnet():
-    cfg = tiny_cfg(18, NORM="GN", STEM_OUT_CHANNELS=32, RES2_OUT_CHANNELS=32)
+    cfg = tiny_cfg(**SMALL_BACKBONE[18], **{"MODEL.RESNETS.NORM": "GN", "MODEL.RESNETS.STEM_OUT_CHANNELS": 32,
+                                         "MODEL.RESNETS.RES2_OUT_CHANNELS": 32})
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     backbone = build_backbone(cfg)
     norms = [m.norm for m in backbone.bottom_up.modules() if isinstance(m, Conv2d)]

@@ -1,5 +1,4 @@
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,13 +14,14 @@ from condinst_percep.modeling.condinst import (
     condinst as condinst_module,
 )
 from condinst_percep.structures import Instances
+from tests.conftest import ASSETS, tiny_cfg
 
 NUM_CLASSES = 3
 
 
 def _read_reference():
     rows = []
-    with open(Path(__file__).parent / "assets" / "condinst_r50_state_dict.tsv") as f:
+    with open(ASSETS / "condinst_r50_state_dict.tsv") as f:
         for line in f:
             if line.startswith("#"):
                 continue
@@ -30,29 +30,25 @@ def _read_reference():
     return rows
 
 
-def _small_cfg(**overrides):
-    cfg = get_cfg()
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.FPN.OUT_CHANNELS = 64
-    cfg.MODEL.FCOS.NUM_CLASSES = NUM_CLASSES
-    cfg.MODEL.FCOS.THRESH_WITH_CTR = True
-    cfg.MODEL.CONDINST.MAX_PROPOSALS = 500
-    cfg.MODEL.CONDINST.MASK_BRANCH.CHANNELS = 32
-    for key, value in overrides.items():
-        node = cfg
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return cfg
+# tiny_cfg's R-18 at detectron2's stem and res2 widths (64), AdelaiDet's 4-conv FCOS towers and
+# mask branch (32 channels wide), 3 classes thresholded with centre-ness, 500 proposals at most.
+SMALL = {
+    "MODEL.RESNETS.STEM_OUT_CHANNELS": 64,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+    "MODEL.FCOS.NUM_CLASSES": NUM_CLASSES,
+    "MODEL.FCOS.NUM_CLS_CONVS": 4,
+    "MODEL.FCOS.NUM_BOX_CONVS": 4,
+    "MODEL.FCOS.THRESH_WITH_CTR": True,
+    "MODEL.CONDINST.MAX_PROPOSALS": 500,
+    "MODEL.CONDINST.MASK_BRANCH.CHANNELS": 32,
+    "MODEL.CONDINST.MASK_BRANCH.NUM_CONVS": 4,
+}
 
 
 @pytest.fixture(scope="module")
 def small_model():
     torch.manual_seed(0)
-    return build_model(_small_cfg())
+    return build_model(tiny_cfg(**SMALL))
 
 
 def _record(h, w, seed=0):
@@ -68,9 +64,9 @@ def _record(h, w, seed=0):
 
 # ------------------------------------------------------------------------------ state_dict
 def test_r50_state_dict_matches_adelaidet_key_for_key():
-    model = build_model(_small_cfg(**{"MODEL.RESNETS.DEPTH": 50, "MODEL.RESNETS.RES2_OUT_CHANNELS": 256,
-                                      "MODEL.FPN.OUT_CHANNELS": 256, "MODEL.FCOS.NUM_CLASSES": 80,
-                                      "MODEL.CONDINST.MASK_BRANCH.CHANNELS": 128}))
+    cfg = get_cfg()  # AdelaiDet's R-50 CondInst
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
     sd = model.state_dict()
     ref = _read_reference()
     assert [k for k, _ in ref] == list(sd)
@@ -92,7 +88,7 @@ def test_r101_has_627_keys():
 
 
 def test_build_model_rejects_other_meta_architectures():
-    cfg = _small_cfg()
+    cfg = tiny_cfg(**SMALL)
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     with pytest.raises(ValueError, match="META_ARCHITECTURE"):
         build_model(cfg)
@@ -241,7 +237,7 @@ def test_mask_head_is_pluggable_through_the_registry():
             losses["loss_extra"] = mask_logits.float().sigmoid().mean() if len(instances) else mask_logits.sum() * 0
             return losses
 
-    cfg = _small_cfg()
+    cfg = tiny_cfg(**SMALL)
     cfg.MODEL.CONDINST.MASK_HEAD.NAME = "_ExtraLossHead"
     assert type(build_mask_head(cfg)) is _ExtraLossHead
     model = build_model(cfg).train()
@@ -274,8 +270,8 @@ def test_max_proposals_samples_with_randperm(small_model):
 
 
 def test_topk_proposals_per_image_matches_adelaidet_loop():
-    model = build_model(_small_cfg(**{"MODEL.CONDINST.MAX_PROPOSALS": -1,
-                                      "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 4}))
+    model = build_model(tiny_cfg(**{**SMALL, "MODEL.CONDINST.MAX_PROPOSALS": -1,
+                                    "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 4}))
     # image 0 has GTs 0, 1, 2 (2 has no positive); image 1 has GT 3
     gt_inds = [0, 0, 0, 1, 1, 1, 1, 0, 3, 3, 3, 3, 3, 3]
     im_inds = [0] * 8 + [1] * 6
@@ -366,7 +362,7 @@ def test_teacher_path_reproduces_the_students_own_mask_logits():
             seen["logits"], seen["instances"] = mask_logits.detach(), instances
             return super().losses(mask_logits, instances, gt_instances)
 
-    cfg = _small_cfg(**{"MODEL.CONDINST.MAX_PROPOSALS": 7})
+    cfg = tiny_cfg(**{**SMALL, "MODEL.CONDINST.MAX_PROPOSALS": 7})
     cfg.MODEL.CONDINST.MASK_HEAD.NAME = "_RecordingHead"
     student = build_model(cfg).train()
     for module in student.modules():  # BN on running stats, as in the teacher (eval mode)
@@ -375,7 +371,7 @@ def test_teacher_path_reproduces_the_students_own_mask_logits():
     batch = [_record(100, 120, 0), _record(90, 130, 1)]
     with torch.no_grad():
         student(batch)
-        teacher = build_model(_small_cfg()).eval()
+        teacher = build_model(tiny_cfg(**SMALL)).eval()
         teacher.load_state_dict(student.state_dict())
         logits = teacher.mask_logits_at(batch, seen["instances"])
     assert len(seen["instances"]) == 7

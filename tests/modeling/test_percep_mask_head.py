@@ -9,8 +9,8 @@ from condinst_percep.modeling import build_model
 from condinst_percep.modeling.condinst import DynamicMaskHead, PercepMaskHead
 from condinst_percep.perceptual import PerceptualLoss, RandomPerceptualNet
 from condinst_percep.structures import Instances
-
-from percep_helpers import make_batch, tiny_cfg, tiny_percep_cfg, write_teacher
+from tests.conftest import set_keys, tiny_cfg
+from tests.percep_helpers import STUDENT, make_batch, tiny_percep_cfg, write_teacher
 
 
 # ------------------------------------------------------------------------------- config
@@ -38,18 +38,13 @@ from percep_helpers import make_batch, tiny_cfg, tiny_percep_cfg, write_teacher
     ],
 )
 def test_config_refusals_name_key_and_value(changes, message):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(**STUDENT)
     cfg.MODEL.CONDINST.MASK_HEAD.NAME = "PercepMaskHead"
     cfg.MODEL.PERCEP.ENABLED = True
     cfg.MODEL.PERCEP.STRUCTURE, cfg.MODEL.PERCEP.WIDTHS = (1, 1), (4, 8)
     cfg.MODEL.TEACHER.CONFIG_FILE, cfg.MODEL.TEACHER.WEIGHTS = "t.yaml", "t.pth"
     validate_cfg(cfg)
-    for key, value in changes.items():
-        node = cfg
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
+    set_keys(cfg, changes)
     with pytest.raises(UnsupportedConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate_cfg(cfg)
 
@@ -253,7 +248,7 @@ def test_teacher_autocast_sets_the_teachers_precision_alone(
 def test_state_dict_optimizer_inference_and_checkpoint_are_plain_condinsts(teacher_files, tmp_path):
     cfg = tiny_percep_cfg("teacher", *teacher_files)
     ours = build_model(cfg)
-    plain_cfg = tiny_cfg()
+    plain_cfg = tiny_cfg(**STUDENT)
     plain = build_model(plain_cfg)
     assert ours.state_dict().keys() == plain.state_dict().keys()
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in plain.named_parameters()]

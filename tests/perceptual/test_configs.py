@@ -6,8 +6,8 @@ import pytest
 from condinst_percep.config import get_cfg, validate_cfg
 from condinst_percep.modeling import build_model
 from condinst_percep.modeling.teacher import check_teacher_cfg, load_teacher_cfg
+from tests.conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name):

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import tiny_cfg
+
 H, W = 24, 32
 CATEGORIES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
 # A square and a triangle, well inside a 24x32 image.
@@ -66,13 +68,12 @@ def jpeg_with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
 
 
 @pytest.fixture
-def tiny_cfg():
-    from condinst_percep.config import get_cfg
-
-    cfg = get_cfg()
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (24,), 64
-    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 24, 64
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.SOLVER.IMS_PER_BATCH = 2
-    cfg.SEED = 3
-    return cfg
+def data_cfg():
+    """tiny_cfg loading 24-64 px images, 2 a batch, in the main process, with seed 3."""
+    return tiny_cfg(**{
+        "INPUT.MIN_SIZE_TRAIN": (24,), "INPUT.MAX_SIZE_TRAIN": 64,
+        "INPUT.MIN_SIZE_TEST": 24, "INPUT.MAX_SIZE_TEST": 64,
+        "DATALOADER.NUM_WORKERS": 0,
+        "SOLVER.IMS_PER_BATCH": 2,
+        "SEED": 3,
+    })

@@ -15,10 +15,9 @@ from condinst_percep.checkpoint import CheckpointFileError, CheckpointMismatchEr
 from condinst_percep.config import ConfigKeyError
 from condinst_percep.config.validate import UnsupportedConfigError
 from condinst_percep.engine import default_argument_parser
+from tests.reliability.train_helpers import CONFIG, REPO, make_shapes, tiny_opts
 
-from .train_helpers import CONFIG, REPO, make_shapes, tiny_opts
-
-sys.path.insert(0, REPO)
+sys.path.insert(0, str(REPO))
 import train_net  # noqa: E402
 
 pytestmark = pytest.mark.slow

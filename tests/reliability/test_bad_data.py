@@ -35,8 +35,7 @@ from condinst_percep.data.validation import (
 )
 from condinst_percep.evaluation import COCOEvaluator, inference_on_dataset
 from condinst_percep.structures import Instances
-
-from .conftest import (
+from tests.reliability.conftest import (
     H,
     SQUARE,
     TRIANGLE,
@@ -288,41 +287,41 @@ def test_repairs_are_the_same_under_both_policies(tmp_path, policy):
     assert coco.anns[22]["bbox"] == [-2.0, 6.0, 40.0, 30.0] and 12 in coco.anns
 
 
-def test_empty_and_crowd_only_images_kept_for_test_left_out_of_training(tmp_path, tiny_cfg, caplog):
+def test_empty_and_crowd_only_images_kept_for_test_left_out_of_training(tmp_path, data_cfg, caplog):
     dataset = valid_dataset()
     dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] != 2]
     for a in dataset["annotations"]:
         a["iscrowd"] = int(a["image_id"] == 3)
     json_file, image_root = write_dataset(tmp_path, dataset)
     name = _name(json_file, image_root)
-    tiny_cfg.DATASETS.TRAIN = (name,)
+    data_cfg.DATASETS.TRAIN = (name,)
     with caplog.at_level(logging.INFO, logger="condinst_percep.data"):
-        loader = build_detection_train_loader(tiny_cfg)
+        loader = build_detection_train_loader(data_cfg)
     summary = [r.getMessage() for r in caplog.records if "Bad-data summary" in r.getMessage()]
     assert len(summary) == 1
     assert re.search(r"kept +\| image without annotations +\| +1 \|", summary[0])
     assert re.search(r"kept +\| crowd-only image +\| +1 \|", summary[0])
     batches = [b for _, b in zip(range(2), loader)]
     assert {x["image_id"] for b in batches for x in b} == {1}
-    assert [x[0]["image_id"] for x in build_detection_test_loader(tiny_cfg, name)] == [1, 2, 3]
-    tiny_cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False
-    tiny_cfg.SOLVER.IMS_PER_BATCH = 3
-    tiny_cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
-    batch = next(iter(build_detection_train_loader(tiny_cfg)))
+    assert [x[0]["image_id"] for x in build_detection_test_loader(data_cfg, name)] == [1, 2, 3]
+    data_cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False
+    data_cfg.SOLVER.IMS_PER_BATCH = 3
+    data_cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+    batch = next(iter(build_detection_train_loader(data_cfg)))
     sizes = {x["image_id"]: len(x["instances"]) for x in batch}
     assert sizes == {1: 2, 2: 0, 3: 0}
 
 
-def test_summary_table_counts_skips_once_before_training(tmp_path, tiny_cfg, caplog):
+def test_summary_table_counts_skips_once_before_training(tmp_path, data_cfg, caplog):
     dataset = valid_dataset()
     _ann(dataset, 12)["category_id"] = 9
     _ann(dataset, 13)["bbox"] = [4.0, 4.0, -1.0, 1.0]
     _ann(dataset, 11)["bbox"] = [4.0, 4.0, 30.0, 10.0]
     json_file, image_root = write_dataset(tmp_path, dataset)
-    tiny_cfg.DATASETS.TRAIN = (_name(json_file, image_root),)
-    tiny_cfg.DATALOADER.BAD_DATA_POLICY = "skip"
+    data_cfg.DATASETS.TRAIN = (_name(json_file, image_root),)
+    data_cfg.DATALOADER.BAD_DATA_POLICY = "skip"
     with caplog.at_level(logging.INFO, logger="condinst_percep.data"):
-        loader = build_detection_train_loader(tiny_cfg)
+        loader = build_detection_train_loader(data_cfg)
     summary = [r for r in caplog.records if "Bad-data summary" in r.getMessage()]
     assert len(summary) == 1 and summary[0].levelno == logging.WARNING
     text = summary[0].getMessage()
@@ -335,17 +334,17 @@ def test_summary_table_counts_skips_once_before_training(tmp_path, tiny_cfg, cap
     assert {x["image_id"] for x in next(iter(loader))} == {1}
 
 
-def test_policy_value_is_checked(tmp_path, tiny_cfg):
+def test_policy_value_is_checked(tmp_path, data_cfg):
     assert get_cfg().DATALOADER.BAD_DATA_POLICY == "error"
     json_file, image_root = write_dataset(tmp_path, valid_dataset())
     name = _name(json_file, image_root)
-    tiny_cfg.DATASETS.TRAIN = (name,)
-    tiny_cfg.DATALOADER.BAD_DATA_POLICY = "ignore"
+    data_cfg.DATASETS.TRAIN = (name,)
+    data_cfg.DATALOADER.BAD_DATA_POLICY = "ignore"
     match = r"DATALOADER.BAD_DATA_POLICY must be one of \('error', 'skip'\), got 'ignore'"
     with pytest.raises(ValueError, match=match):
-        build_detection_train_loader(tiny_cfg)
+        build_detection_train_loader(data_cfg)
     with pytest.raises(ValueError, match=match):
-        build_detection_test_loader(tiny_cfg, name)
+        build_detection_test_loader(data_cfg, name)
 
 
 # --------------------------------------------------------------------------- image decoding
@@ -473,25 +472,25 @@ def _expected_files(seed, bad_index, num_samples, size=3):
 
 
 @pytest.mark.parametrize("bad_image_dataset", list(BAD_FILE_ERRORS), indirect=True)
-def test_bad_image_file_errors_or_is_replaced_deterministically(bad_image_dataset, tiny_cfg, caplog):
+def test_bad_image_file_errors_or_is_replaced_deterministically(bad_image_dataset, data_cfg, caplog):
     kind, name = bad_image_dataset
-    tiny_cfg.DATASETS.TRAIN = (name,)
+    data_cfg.DATASETS.TRAIN = (name,)
     with pytest.raises(BadDataError, match=BAD_FILE_ERRORS[kind]) as e:
-        for _, batch in zip(range(10), build_detection_train_loader(tiny_cfg)):
+        for _, batch in zip(range(10), build_detection_train_loader(data_cfg)):
             pass
     assert isinstance(e.value, MissingImageError) == (kind == "missing")
 
-    tiny_cfg.DATALOADER.BAD_DATA_POLICY = "skip"
+    data_cfg.DATALOADER.BAD_DATA_POLICY = "skip"
     with caplog.at_level(logging.WARNING, logger="condinst_percep.data"):
-        batches = [b for _, b in zip(range(6), build_detection_train_loader(tiny_cfg))]
+        batches = [b for _, b in zip(range(6), build_detection_train_loader(data_cfg))]
     files = [os.path.basename(x["file_name"]) for b in batches for x in b]
-    expected_files, num_skips = _expected_files(tiny_cfg.SEED, 1, 12)
+    expected_files, num_skips = _expected_files(data_cfg.SEED, 1, 12)
     assert files == expected_files and "2.png" not in files
     skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipped: ")]
     assert len(skips) == num_skips > 0
     assert all(re.search(BAD_FILE_ERRORS[kind] + ".*; replaced by dataset index", s) for s in skips)
     # Resuming at iteration 3 gives the uninterrupted run's batches 3..5, augmentations included.
-    resumed = [b for _, b in zip(range(3), build_detection_train_loader(tiny_cfg, start_iter=3))]
+    resumed = [b for _, b in zip(range(3), build_detection_train_loader(data_cfg, start_iter=3))]
     for a, b in zip(batches[3:], resumed):
         assert [x["file_name"] for x in a] == [x["file_name"] for x in b]
         assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
@@ -500,13 +499,13 @@ def test_bad_image_file_errors_or_is_replaced_deterministically(bad_image_datase
     model = _EmptyPredictor()
     with caplog.at_level(logging.WARNING):
         results = inference_on_dataset(
-            model, build_detection_test_loader(tiny_cfg, name), COCOEvaluator(name, distributed=False)
+            model, build_detection_test_loader(data_cfg, name), COCOEvaluator(name, distributed=False)
         )
     assert model.num_calls == 2 and results["bbox"]["AP"] == 0.0
     assert "1 of 3 images of" in caplog.text and "got no output" in caplog.text
-    tiny_cfg.DATALOADER.BAD_DATA_POLICY = "error"
+    data_cfg.DATALOADER.BAD_DATA_POLICY = "error"
     with pytest.raises(BadDataError, match=BAD_FILE_ERRORS[kind]):
-        list(build_detection_test_loader(tiny_cfg, name))
+        list(build_detection_test_loader(data_cfg, name))
 
 
 def test_map_time_annotation_error_names_the_file_and_skip_replaces(tmp_path):
@@ -533,10 +532,10 @@ def test_map_time_annotation_error_names_the_file_and_skip_replaces(tmp_path):
 # ------------------------------------------------------------------ empty list, mixed sizes
 
 
-def test_empty_image_list_inference_works_training_refuses(tmp_path, tiny_cfg, caplog):
+def test_empty_image_list_inference_works_training_refuses(tmp_path, data_cfg, caplog):
     json_file, image_root = write_dataset(tmp_path, valid_dataset(num_images=0))
     name = _name(json_file, image_root)
-    loader = build_detection_test_loader(tiny_cfg, name)
+    loader = build_detection_test_loader(data_cfg, name)
     assert len(loader) == 0
     out_dir = tmp_path / "out"
     model = _EmptyPredictor()
@@ -549,12 +548,12 @@ def test_empty_image_list_inference_works_training_refuses(tmp_path, tiny_cfg, c
     assert "has no images: every AP is NaN" in caplog.text
     with open(out_dir / "coco_instances_results.json") as f:
         assert json.load(f) == []
-    tiny_cfg.DATASETS.TRAIN = (name,)
+    data_cfg.DATASETS.TRAIN = (name,)
     with pytest.raises(ValueError, match=re.escape(f"Dataset '{name}' is empty: training needs")):
-        build_detection_train_loader(tiny_cfg)
+        build_detection_train_loader(data_cfg)
 
 
-def test_batch_of_very_different_sizes(tmp_path, tiny_cfg):
+def test_batch_of_very_different_sizes(tmp_path, data_cfg):
     sizes = [(8, 8), (16, 300), (300, 16), (120, 90), (5, 7)]
     dataset = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
     for i, (h, w) in enumerate(sizes, start=1):
@@ -565,11 +564,11 @@ def test_batch_of_very_different_sizes(tmp_path, tiny_cfg):
              "iscrowd": 0, "area": 1.0, "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]]})
     json_file, image_root = write_dataset(tmp_path, dataset)
     name = _name(json_file, image_root)
-    tiny_cfg.DATASETS.TRAIN = (name,)
-    tiny_cfg.SOLVER.IMS_PER_BATCH = 5
-    tiny_cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
-    tiny_cfg.INPUT.HFLIP_TRAIN = False
-    batch = next(iter(build_detection_train_loader(tiny_cfg)))
+    data_cfg.DATASETS.TRAIN = (name,)
+    data_cfg.SOLVER.IMS_PER_BATCH = 5
+    data_cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+    data_cfg.INPUT.HFLIP_TRAIN = False
+    batch = next(iter(build_detection_train_loader(data_cfg)))
     assert sorted(x["image_id"] for x in batch) == [1, 2, 3, 4, 5]
     for x in batch:
         h, w = sizes[x["image_id"] - 1]
@@ -582,33 +581,33 @@ def test_batch_of_very_different_sizes(tmp_path, tiny_cfg):
         box = inst.gt_boxes[0]
         assert xs.min() >= box[0] - 1 and xs.max() + 1 <= box[2] + 1
         assert ys.min() >= box[1] - 1 and ys.max() + 1 <= box[3] + 1
-    test_batches = list(build_detection_test_loader(tiny_cfg, name))
+    test_batches = list(build_detection_test_loader(data_cfg, name))
     assert [len(b) for b in test_batches] == [1] * 5
     for (x,) in test_batches:
         h, w = sizes[x["image_id"] - 1]
         assert tuple(x["image"].shape) == (3, *ResizeShortestEdge.get_output_shape(h, w, 24, 64))
         assert (x["height"], x["width"]) == (h, w)
     # Without test resizing, images smaller than the largest FPN stride reach the model as they are.
-    tiny_cfg.INPUT.MIN_SIZE_TEST = 0
-    shapes = [tuple(b[0]["image"].shape[1:]) for b in build_detection_test_loader(tiny_cfg, name)]
+    data_cfg.INPUT.MIN_SIZE_TEST = 0
+    shapes = [tuple(b[0]["image"].shape[1:]) for b in build_detection_test_loader(data_cfg, name)]
     assert shapes == sizes
 
 
-def test_replacement_is_independent_of_the_number_of_workers(tmp_path, tiny_cfg):
+def test_replacement_is_independent_of_the_number_of_workers(tmp_path, data_cfg):
     json_file, image_root = write_dataset(tmp_path, valid_dataset())
     os.remove(os.path.join(image_root, "2.png"))
-    tiny_cfg.DATASETS.TRAIN = (_name(json_file, image_root),)
-    tiny_cfg.DATALOADER.BAD_DATA_POLICY = "skip"
+    data_cfg.DATASETS.TRAIN = (_name(json_file, image_root),)
+    data_cfg.DATALOADER.BAD_DATA_POLICY = "skip"
     runs = []
     for workers in (0, 2):
-        tiny_cfg.DATALOADER.NUM_WORKERS = workers
-        runs.append([b for _, b in zip(range(4), build_detection_train_loader(tiny_cfg))])
+        data_cfg.DATALOADER.NUM_WORKERS = workers
+        runs.append([b for _, b in zip(range(4), build_detection_train_loader(data_cfg))])
     for a, b in zip(*runs):
         assert [x["file_name"] for x in a] == [x["file_name"] for x in b]
         assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
-    tiny_cfg.DATALOADER.BAD_DATA_POLICY = "error"
+    data_cfg.DATALOADER.BAD_DATA_POLICY = "error"
     with pytest.raises(MissingImageError, match="2.png .*'skip' would replace this sample"):
-        for _ in zip(range(4), build_detection_train_loader(tiny_cfg)):
+        for _ in zip(range(4), build_detection_train_loader(data_cfg)):
             pass
 
 

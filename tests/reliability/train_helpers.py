@@ -1,4 +1,4 @@
-"""Tiny train_net.py runs for the fault tests: a generated shapes set, small-model overrides,
+"""Tiny train_net.py runs for the fault tests: a generated shapes set, the tiny model as overrides,
 and a subprocess launcher with one intra-op thread (bitwise-reproducible on CPU)."""
 
 import os
@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from condinst_percep.data import generate_shapes
+from tests.conftest import REPO, TINY_MODEL
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(REPO, "train_net.py")
 CONFIG = os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -19,21 +19,9 @@ def make_shapes(root) -> str:
     return f"coco:{json_file}:{os.path.join(str(root), 'images')}"
 
 
-# Config overrides that make the quickstart model a few-millisecond-per-iteration one.
-TINY_MODEL = {
-    "MODEL.RESNETS.STEM_OUT_CHANNELS": 8,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS": 8,
-    "MODEL.FPN.OUT_CHANNELS": 64,
-    "MODEL.FCOS.NUM_CLS_CONVS": 1,
-    "MODEL.FCOS.NUM_BOX_CONVS": 1,
-    "MODEL.CONDINST.MASK_BRANCH.CHANNELS": 16,
-    "MODEL.CONDINST.MASK_BRANCH.NUM_CONVS": 1,
-}
-
-
 def tiny_opts(dataset: str, output_dir, **extra) -> list[str]:
-    """train_net.py overrides: the tiny model on ``dataset`` with 48-64 px images, 10
-    iterations, a checkpoint after each."""
+    """train_net.py overrides: TINY_MODEL on ``dataset`` with 48-64 px images, 10 iterations, a
+    checkpoint after each."""
     opts = {
         **TINY_MODEL,
         "INPUT.MIN_SIZE_TRAIN": "(48,)",

@@ -14,11 +14,10 @@ import torch
 from condinst_percep.config import get_cfg
 from condinst_percep.data import generate_shapes
 from condinst_percep.engine import default_argument_parser
+from tests.conftest import REPO, TINY_MODEL, load_tool
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, str(REPO))
 import train_net  # noqa: E402
-from reliability.train_helpers import TINY_MODEL  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -199,7 +198,7 @@ DDP_SCRIPT = textwrap.dedent(
 
 def test_two_process_gloo_ddp_keeps_ranks_identical(shapes, tmp_path):
     script = tmp_path / "ddp_main.py"
-    script.write_text(DDP_SCRIPT.format(repo=REPO))
+    script.write_text(DDP_SCRIPT.format(repo=str(REPO)))
     out = tmp_path / "out"
     cmd = [sys.executable, str(script), "--num-gpus", "2",
            "--config-file", os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml")]
@@ -223,14 +222,10 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(shapes, tmp_path):
 
 
 def test_visualize_tool_draws_the_trained_model(trained, shapes, tmp_path):
-    import importlib.util
-
     import cv2
 
     out, _ = trained
-    spec = importlib.util.spec_from_file_location("visualize", os.path.join(REPO, "tools", "visualize.py"))
-    visualize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(visualize)
+    visualize = load_tool("visualize")
     image_dir = shapes["val"].rsplit(":", 1)[1]
     common = ["--config-file", os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml"),
               "--output", str(tmp_path / "vis"), "--confidence-threshold", "0"]
