@@ -14,7 +14,7 @@ from condinst_percep.layers.host_values import segment_ids, values_on
 from condinst_percep.modeling import build_model
 from condinst_percep.utils.events import EventStorage
 from condinst_percep.utils.host_sync import HOST_SIDE_BY_DESIGN, HostSyncAudit
-from tests.conftest import ASSETS, REPO, tiny_cfg
+from tests.conftest import ASSETS, REPO, load_tool, tiny_cfg
 from tests.percep_helpers import STUDENT, make_batch, tiny_percep_cfg, write_teacher
 
 TESTS = str(REPO / "tests")  # the audited helpers below live under it
@@ -308,13 +308,12 @@ def test_one_training_iteration_reads_the_host_once_in_the_loop():
 @pytest.mark.slow
 def test_audit_command_runs_the_trainer_on_the_configs_data(tmp_path, capsys):
     from condinst_percep.data import generate_shapes
-    from condinst_percep.utils.host_sync import main
 
+    main = load_tool("host_sync").main
     json_file = generate_shapes(str(tmp_path), num_images=2, min_size=48, max_size=64, seed=0,
                                 max_objects=2)
     dataset = f"coco:{json_file}:{tmp_path / 'images'}"
-    repo = str(REPO)
-    main(["--config-file", os.path.join(repo, "configs/Quickstart/CondInst_shapes.yaml"),
+    main(["--config-file", os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml"),
           "DATASETS.TRAIN", f"('{dataset}',)", "DATALOADER.NUM_WORKERS", "0",
           "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
           "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.CONDINST.MASK_BRANCH.CHANNELS", "16",
