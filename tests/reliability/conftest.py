@@ -1,4 +1,5 @@
-"""Writers of small COCO datasets and of bad files (images, json) for the reliability tests."""
+"""Writers of small COCO datasets and of bad files (images, json), a model that detects nothing,
+and the data config of the reliability tests."""
 
 import copy
 import json
@@ -8,7 +9,10 @@ import struct
 import cv2
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+from condinst_percep.structures import Instances
 from tests.conftest import tiny_cfg
 
 H, W = 24, 32
@@ -57,6 +61,31 @@ def write_dataset(folder, dataset: dict, write_images: bool = True) -> tuple[str
     with open(json_file, "w") as f:
         json.dump(dataset, f)
     return json_file, image_root
+
+
+def coco_name(json_file: str, image_root: str) -> str:
+    """The ``coco:JSON:IMAGES`` dataset name of a written dataset (no registration needed)."""
+    return f"coco:{json_file}:{image_root}"
+
+
+class EmptyPredictor(nn.Module):
+    """Stands in for a model: no detection on any image."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_calls = 0
+
+    def forward(self, batched_inputs):
+        self.num_calls += 1
+        outputs = []
+        for x in batched_inputs:
+            h, w = x["height"], x["width"]
+            outputs.append({"instances": Instances(
+                (h, w), pred_boxes=torch.zeros(0, 4), scores=torch.zeros(0),
+                pred_classes=torch.zeros(0, dtype=torch.int64),
+                pred_masks=torch.zeros(0, h, w, dtype=torch.bool),
+            )})
+        return outputs
 
 
 def jpeg_with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
