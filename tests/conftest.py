@@ -7,8 +7,10 @@ from types import ModuleType
 
 import pytest
 import torch
+from torch import nn
 
 from condinst_percep.config import CfgNode, get_cfg
+from condinst_percep.layers import FrozenBatchNorm2d
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +97,20 @@ def set_keys(cfg: CfgNode, changes: dict) -> None:
         if last not in node:
             raise KeyError(f"{key} is not a config key")
         node[last] = value
+
+
+def randomise_norms(module: nn.Module) -> None:
+    """Random affine parameters and running statistics in every (frozen) batch norm of ``module``,
+    so that a comparison cannot pass on identity norms."""
+    g = torch.Generator().manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+            n = m.num_features
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g))
+                m.running_mean.copy_(torch.randn(n, generator=g))
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
 
 
 # shared/ (the vendor snapshots, the real datasets) is beside the clone in CI and absent from a

@@ -1,9 +1,21 @@
-"""Independent references for the CondInst heads, written as loops over instances."""
+"""References for the CondInst tests: AdelaiDet's R-50 state dict as recorded in tests/assets, and
+the dynamic mask head written as a loop over instances."""
 import torch
 
 from condinst_percep.layers import aligned_bilinear
+from tests.conftest import ASSETS
 
 SIZES_OF_INTEREST = (64, 128, 256, 512, 1024)
+
+
+def adelaidet_r50_state_dict() -> list[tuple[str, tuple[int, ...]]]:
+    """(key, shape) of each entry of AdelaiDet's R-50 CondInst state dict, in its order."""
+    rows = []
+    for line in (ASSETS / "condinst_r50_state_dict.tsv").read_text().splitlines():
+        if not line.startswith("#"):
+            key, shape, _ = line.split("\t")
+            rows.append((key, tuple(int(s) for s in shape.strip("(,)").split(",") if s.strip())))
+    return rows
 
 
 def naive_mask_logits(params, locations, im_inds, levels, mask_feats, stride, soi=SIZES_OF_INTEREST):

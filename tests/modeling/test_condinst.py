@@ -14,20 +14,10 @@ from condinst_percep.modeling.condinst import (
     condinst as condinst_module,
 )
 from condinst_percep.structures import Instances
-from tests.conftest import ASSETS, tiny_cfg
+from tests.conftest import tiny_cfg
+from tests.modeling.references import adelaidet_r50_state_dict
 
 NUM_CLASSES = 3
-
-
-def _read_reference():
-    rows = []
-    with open(ASSETS / "condinst_r50_state_dict.tsv") as f:
-        for line in f:
-            if line.startswith("#"):
-                continue
-            key, shape, _ = line.rstrip("\n").split("\t")
-            rows.append((key, shape))
-    return rows
 
 
 # tiny_cfg's R-18 at detectron2's stem and res2 widths (64), AdelaiDet's 4-conv FCOS towers and
@@ -68,9 +58,9 @@ def test_r50_state_dict_matches_adelaidet_key_for_key():
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     sd = model.state_dict()
-    ref = _read_reference()
+    ref = adelaidet_r50_state_dict()
     assert [k for k, _ in ref] == list(sd)
-    assert [s for _, s in ref] == [str(tuple(v.shape)) for v in sd.values()]
+    assert [s for _, s in ref] == [tuple(v.shape) for v in sd.values()]
     assert sum(p.numel() for p in model.parameters()) == 34_111_179
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 33_888_779
     assert sd["mask_head.sizes_of_interest"].tolist() == [64, 128, 256, 512, 1024]
