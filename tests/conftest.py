@@ -113,6 +113,14 @@ def randomise_norms(module: nn.Module) -> None:
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
 
 
+@pytest.fixture(scope="module")
+def teacher_files(tmp_path_factory):
+    """(config file, weights) of percep_helpers.write_teacher's teacher, written once per module."""
+    from tests.percep_helpers import write_teacher  # imported here: percep_helpers imports tiny_cfg
+
+    return write_teacher(tmp_path_factory.mktemp("teacher"))
+
+
 # shared/ (the vendor snapshots, the real datasets) is beside the clone in CI and absent from a
 # user's clone: tests that need it find it through this one path and skip where it is missing.
 SHARED_DIR = Path(os.environ.get("CONDINST_PERCEP_SHARED", REPO.parent / "shared"))

@@ -11,11 +11,6 @@ from tests.modeling.references import naive_mask_logits
 from tests.percep_helpers import STUDENT, make_batch, tiny_percep_cfg, write_teacher
 
 
-@pytest.fixture(scope="module")
-def teacher_files(tmp_path_factory):
-    return write_teacher(tmp_path_factory.mktemp("teacher"))
-
-
 def test_teacher_soft_masks_equal_its_own_head_at_those_locations(teacher_files):
     cfg = tiny_percep_cfg("teacher", *teacher_files)
     torch.manual_seed(0)

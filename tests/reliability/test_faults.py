@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from condinst_percep.checkpoint import Checkpointer
-from tests.reliability.train_helpers import ENV, make_shapes, run_train_net, tiny_opts, train_cmd
+from tests.train_helpers import ENV, make_shapes, run_train_net, tiny_opts, train_cmd
 
 pytestmark = pytest.mark.slow
 

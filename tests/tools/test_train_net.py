@@ -13,11 +13,9 @@ import torch
 
 from condinst_percep.config import get_cfg
 from condinst_percep.data import generate_shapes
-from condinst_percep.engine import default_argument_parser
-from tests.conftest import REPO, TINY_MODEL, load_tool
-
-sys.path.insert(0, str(REPO))
-import train_net  # noqa: E402
+from tests import train_helpers
+from tests.conftest import REPO, load_tool
+from tests.train_helpers import run_main
 
 pytestmark = pytest.mark.slow
 
@@ -48,16 +46,14 @@ def shapes(tmp_path_factory):
 
 
 def tiny_opts(shapes, output_dir, **extra):
-    opts = {
-        **TINY_MODEL,
+    """train_helpers.tiny_opts on ``shapes``' train set, evaluated on its val set, with 64-96 px
+    images and this file's schedule (a checkpoint every 3 iterations)."""
+    return train_helpers.tiny_opts(shapes["train"], output_dir, **{
         "INPUT.MIN_SIZE_TRAIN": "(64,)",
         "INPUT.MAX_SIZE_TRAIN": 96,
         "INPUT.MIN_SIZE_TEST": 64,
         "INPUT.MAX_SIZE_TEST": 96,
-        "DATASETS.TRAIN": f"('{shapes['train']}',)",
         "DATASETS.TEST": f"('{shapes['val']}',)",
-        "DATALOADER.NUM_WORKERS": 0,
-        "SOLVER.IMS_PER_BATCH": 2,
         "SOLVER.BASE_LR": BASE_LR,
         "SOLVER.WARMUP_ITERS": WARMUP_ITERS,
         "SOLVER.WARMUP_FACTOR": WARMUP_FACTOR,
@@ -65,18 +61,8 @@ def tiny_opts(shapes, output_dir, **extra):
         "SOLVER.GAMMA": GAMMA,
         "SOLVER.MAX_ITER": MAX_ITER,
         "SOLVER.CHECKPOINT_PERIOD": 3,
-        "SEED": 3,
-        "OUTPUT_DIR": str(output_dir),
-    }
-    opts.update(extra)
-    return [str(x) for kv in opts.items() for x in kv]
-
-
-def run_main(argv):
-    args = default_argument_parser().parse_args(
-        ["--config-file", os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml")] + argv
-    )
-    return train_net.main(args)
+        **extra,
+    })
 
 
 def expected_lr(it):

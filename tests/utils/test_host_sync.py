@@ -15,7 +15,7 @@ from condinst_percep.modeling import build_model
 from condinst_percep.utils.events import EventStorage
 from condinst_percep.utils.host_sync import HOST_SIDE_BY_DESIGN, HostSyncAudit
 from tests.conftest import ASSETS, REPO, load_tool, tiny_cfg
-from tests.percep_helpers import STUDENT, make_batch, tiny_percep_cfg, write_teacher
+from tests.percep_helpers import STUDENT, make_batch, tiny_percep_cfg
 
 TESTS = str(REPO / "tests")  # the audited helpers below live under it
 _KEY = re.compile(r"^(\S+) at (\S+):\d+ \((\S+)\)$")
@@ -164,11 +164,6 @@ def test_host_values_equal_the_copies_they_replace():
 
 
 # -------------------------------------------------------------------- the training step
-@pytest.fixture(scope="module")
-def teacher_files(tmp_path_factory):
-    return write_teacher(tmp_path_factory.mktemp("teacher"))
-
-
 def _record_mask_head_inputs(model):
     seen = {}
 

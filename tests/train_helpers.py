@@ -1,12 +1,17 @@
-"""Tiny train_net.py runs for the fault tests: a generated shapes set, the tiny model as overrides,
-and a subprocess launcher with one intra-op thread (bitwise-reproducible on CPU)."""
+"""Tiny train_net.py runs (tests/tools, tests/reliability): a generated shapes set, the tiny model
+as overrides, train_net.main in this process, and a subprocess launcher with one intra-op thread
+(bitwise-reproducible on CPU)."""
 
 import os
 import subprocess
 import sys
 
 from condinst_percep.data import generate_shapes
+from condinst_percep.engine import default_argument_parser
 from tests.conftest import REPO, TINY_MODEL
+
+sys.path.insert(0, str(REPO))
+import train_net  # noqa: E402
 
 TRAIN_NET = os.path.join(REPO, "train_net.py")
 CONFIG = os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml")
@@ -42,6 +47,12 @@ def tiny_opts(dataset: str, output_dir, **extra) -> list[str]:
     }
     opts.update(extra)
     return [str(x) for kv in opts.items() for x in kv]
+
+
+def run_main(argv: list[str], config=CONFIG):
+    """train_net.main on ``--config-file config`` and ``argv``, in this process."""
+    args = default_argument_parser().parse_args(["--config-file", str(config)] + argv)
+    return train_net.main(args)
 
 
 def train_cmd(opts: list[str], *flags: str) -> list[str]:
