@@ -3,7 +3,8 @@ network (random or torchvision VGG), crop-to-box and the speed keys. The teacher
 import pytest
 import torch
 
-from condinst_percep.config import UnsupportedConfigError, get_cfg, validate_cfg
+from condinst_percep.config import UnsupportedConfigError, get_cfg
+from condinst_percep.engine import validate_cfg
 from condinst_percep.modeling.condinst import DynamicMaskHead, PercepMaskHead
 from condinst_percep.perceptual import PerceptualLoss, RandomPerceptualNet
 from condinst_percep.structures import Instances
