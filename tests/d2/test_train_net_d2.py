@@ -4,9 +4,7 @@ DefaultPredictor and Visualizer run on an image, --resume and --eval-only work, 
 checkpoints move between detectron2's DetectionCheckpointer, our Checkpointer and AdelaiDet."""
 
 import copy
-import importlib.util
 import json
-import os
 import pickle
 
 import cv2
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from ..conftest import REPO, load_tool
 from .d2_helpers import SKIP_REASON, register_polygon_dataset
 
 pytest.importorskip("detectron2", reason=SKIP_REASON)
@@ -30,8 +29,7 @@ from condinst_percep.d2 import condinst_cfg, from_d2_inputs, to_d2_instances  # 
 from condinst_percep.modeling import build_model as build_our_model  # noqa: E402
 from condinst_percep.structures import Instances  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml")
+CONFIG = str(REPO / "configs/Quickstart/CondInst_shapes.yaml")
 TINY = [
     "MODEL.META_ARCHITECTURE", "CondInstPercep",
     # detectron2's (and AdelaiDet's) ResNet builder needs R-18's own widths.
@@ -46,13 +44,6 @@ TINY = [
     "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "(15,)", "SOLVER.MAX_ITER", "20",
     "SOLVER.CHECKPOINT_PERIOD", "10", "TEST.EVAL_PERIOD", "0", "SEED", "0",
 ]
-
-
-def load_train_net_d2():
-    spec = importlib.util.spec_from_file_location("train_net_d2", os.path.join(REPO, "tools/train_net_d2.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(train_net, output_dir, *flags, opts=()):
@@ -70,7 +61,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("d2_engine")
     register_polygon_dataset("d2_engine_train", str(root / "train"), 8, seed=0, min_size=96, max_size=128)
     register_polygon_dataset("d2_engine_val", str(root / "val"), 3, seed=1, min_size=96, max_size=128)
-    train_net = load_train_net_d2()
+    train_net = load_tool("train_net_d2")
     _, cfg = run(train_net, root / "out")
     final = root / "out" / "model_final.pth"
     results, _ = run(train_net, root / "out", "--eval-only", opts=["MODEL.WEIGHTS", str(final)])

@@ -1,20 +1,16 @@
 """What the paper's Eq. (prod) predicts, checked on tools/init_analysis.py's measurements."""
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "init_analysis.py"
+from tests.conftest import load_tool
+
 SIZE = (32, 48)  # small, so 8 schemes x VGG19 in float64 take a few seconds
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("init_analysis", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("init_analysis")
 
 
 @pytest.fixture(scope="module")

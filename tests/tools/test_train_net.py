@@ -13,12 +13,9 @@ import torch
 
 from condinst_percep.config import get_cfg
 from condinst_percep.data import generate_shapes
-from condinst_percep.engine import default_argument_parser
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-import train_net  # noqa: E402
-from reliability.train_helpers import TINY_MODEL  # noqa: E402
+from tests import train_helpers
+from tests.conftest import REPO, load_tool
+from tests.train_helpers import run_main
 
 pytestmark = pytest.mark.slow
 
@@ -49,16 +46,14 @@ def shapes(tmp_path_factory):
 
 
 def tiny_opts(shapes, output_dir, **extra):
-    opts = {
-        **TINY_MODEL,
+    """train_helpers.tiny_opts on ``shapes``' train set, evaluated on its val set, with 64-96 px
+    images and this file's schedule (a checkpoint every 3 iterations)."""
+    return train_helpers.tiny_opts(shapes["train"], output_dir, **{
         "INPUT.MIN_SIZE_TRAIN": "(64,)",
         "INPUT.MAX_SIZE_TRAIN": 96,
         "INPUT.MIN_SIZE_TEST": 64,
         "INPUT.MAX_SIZE_TEST": 96,
-        "DATASETS.TRAIN": f"('{shapes['train']}',)",
         "DATASETS.TEST": f"('{shapes['val']}',)",
-        "DATALOADER.NUM_WORKERS": 0,
-        "SOLVER.IMS_PER_BATCH": 2,
         "SOLVER.BASE_LR": BASE_LR,
         "SOLVER.WARMUP_ITERS": WARMUP_ITERS,
         "SOLVER.WARMUP_FACTOR": WARMUP_FACTOR,
@@ -66,18 +61,8 @@ def tiny_opts(shapes, output_dir, **extra):
         "SOLVER.GAMMA": GAMMA,
         "SOLVER.MAX_ITER": MAX_ITER,
         "SOLVER.CHECKPOINT_PERIOD": 3,
-        "SEED": 3,
-        "OUTPUT_DIR": str(output_dir),
-    }
-    opts.update(extra)
-    return [str(x) for kv in opts.items() for x in kv]
-
-
-def run_main(argv):
-    args = default_argument_parser().parse_args(
-        ["--config-file", os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml")] + argv
-    )
-    return train_net.main(args)
+        **extra,
+    })
 
 
 def expected_lr(it):
@@ -199,7 +184,7 @@ DDP_SCRIPT = textwrap.dedent(
 
 def test_two_process_gloo_ddp_keeps_ranks_identical(shapes, tmp_path):
     script = tmp_path / "ddp_main.py"
-    script.write_text(DDP_SCRIPT.format(repo=REPO))
+    script.write_text(DDP_SCRIPT.format(repo=str(REPO)))
     out = tmp_path / "out"
     cmd = [sys.executable, str(script), "--num-gpus", "2",
            "--config-file", os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml")]
@@ -223,14 +208,10 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(shapes, tmp_path):
 
 
 def test_visualize_tool_draws_the_trained_model(trained, shapes, tmp_path):
-    import importlib.util
-
     import cv2
 
     out, _ = trained
-    spec = importlib.util.spec_from_file_location("visualize", os.path.join(REPO, "tools", "visualize.py"))
-    visualize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(visualize)
+    visualize = load_tool("visualize")
     image_dir = shapes["val"].rsplit(":", 1)[1]
     common = ["--config-file", os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml"),
               "--output", str(tmp_path / "vis"), "--confidence-threshold", "0"]

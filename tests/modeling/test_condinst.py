@@ -1,5 +1,4 @@
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,44 +14,31 @@ from condinst_percep.modeling.condinst import (
     condinst as condinst_module,
 )
 from condinst_percep.structures import Instances
+from tests.conftest import tiny_cfg
+from tests.modeling.references import adelaidet_r50_state_dict
 
 NUM_CLASSES = 3
 
 
-def _read_reference():
-    rows = []
-    with open(Path(__file__).parent / "assets" / "condinst_r50_state_dict.tsv") as f:
-        for line in f:
-            if line.startswith("#"):
-                continue
-            key, shape, _ = line.rstrip("\n").split("\t")
-            rows.append((key, shape))
-    return rows
-
-
-def _small_cfg(**overrides):
-    cfg = get_cfg()
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.FPN.OUT_CHANNELS = 64
-    cfg.MODEL.FCOS.NUM_CLASSES = NUM_CLASSES
-    cfg.MODEL.FCOS.THRESH_WITH_CTR = True
-    cfg.MODEL.CONDINST.MAX_PROPOSALS = 500
-    cfg.MODEL.CONDINST.MASK_BRANCH.CHANNELS = 32
-    for key, value in overrides.items():
-        node = cfg
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return cfg
+# tiny_cfg's R-18 at detectron2's stem and res2 widths (64), AdelaiDet's 4-conv FCOS towers and
+# mask branch (32 channels wide), 3 classes thresholded with centre-ness, 500 proposals at most.
+SMALL = {
+    "MODEL.RESNETS.STEM_OUT_CHANNELS": 64,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+    "MODEL.FCOS.NUM_CLASSES": NUM_CLASSES,
+    "MODEL.FCOS.NUM_CLS_CONVS": 4,
+    "MODEL.FCOS.NUM_BOX_CONVS": 4,
+    "MODEL.FCOS.THRESH_WITH_CTR": True,
+    "MODEL.CONDINST.MAX_PROPOSALS": 500,
+    "MODEL.CONDINST.MASK_BRANCH.CHANNELS": 32,
+    "MODEL.CONDINST.MASK_BRANCH.NUM_CONVS": 4,
+}
 
 
 @pytest.fixture(scope="module")
 def small_model():
     torch.manual_seed(0)
-    return build_model(_small_cfg())
+    return build_model(tiny_cfg(**SMALL))
 
 
 def _record(h, w, seed=0):
@@ -68,13 +54,13 @@ def _record(h, w, seed=0):
 
 # ------------------------------------------------------------------------------ state_dict
 def test_r50_state_dict_matches_adelaidet_key_for_key():
-    model = build_model(_small_cfg(**{"MODEL.RESNETS.DEPTH": 50, "MODEL.RESNETS.RES2_OUT_CHANNELS": 256,
-                                      "MODEL.FPN.OUT_CHANNELS": 256, "MODEL.FCOS.NUM_CLASSES": 80,
-                                      "MODEL.CONDINST.MASK_BRANCH.CHANNELS": 128}))
+    cfg = get_cfg()  # AdelaiDet's R-50 CondInst
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
     sd = model.state_dict()
-    ref = _read_reference()
+    ref = adelaidet_r50_state_dict()
     assert [k for k, _ in ref] == list(sd)
-    assert [s for _, s in ref] == [str(tuple(v.shape)) for v in sd.values()]
+    assert [s for _, s in ref] == [tuple(v.shape) for v in sd.values()]
     assert sum(p.numel() for p in model.parameters()) == 34_111_179
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 33_888_779
     assert sd["mask_head.sizes_of_interest"].tolist() == [64, 128, 256, 512, 1024]
@@ -92,7 +78,7 @@ def test_r101_has_627_keys():
 
 
 def test_build_model_rejects_other_meta_architectures():
-    cfg = _small_cfg()
+    cfg = tiny_cfg(**SMALL)
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     with pytest.raises(ValueError, match="META_ARCHITECTURE"):
         build_model(cfg)
@@ -174,65 +160,7 @@ def test_preprocess_and_add_bitmasks(small_model):
     torch.testing.assert_close(gts[1].gt_centroids.double(), expected, rtol=0, atol=1e-4)
 
 
-# --------------------------------------------------------------------------- mask head
-def _naive_mask_logits(head, mask_feats, stride, inst):
-    """Per-instance loop: explicit coordinates and 1x1 convs as matrix products."""
-    _, c, h, w = mask_feats.shape
-    ys, xs = torch.meshgrid(torch.arange(h) * stride + stride // 2, torch.arange(w) * stride + stride // 2,
-                            indexing="ij")
-    soi = [64, 128, 256, 512, 1024]
-    out = []
-    for k in range(len(inst)):
-        p = inst.mask_head_params[k]
-        lx, ly = inst.locations[k].tolist()
-        s = soi[inst.fpn_levels[k]]
-        x = torch.cat([((lx - xs) / s)[None], ((ly - ys) / s)[None], mask_feats[inst.im_inds[k]]], 0)
-        w0, w1, w2 = p[0:80].reshape(8, 10), p[80:144].reshape(8, 8), p[144:152].reshape(1, 8)
-        b0, b1, b2 = p[152:160], p[160:168], p[168:169]
-        x = x.reshape(10, -1)
-        x = torch.relu(w0 @ x + b0[:, None])
-        x = torch.relu(w1 @ x + b1[:, None])
-        x = w2 @ x + b2[:, None]
-        out.append(x.reshape(1, h, w))
-    return aligned_bilinear(torch.stack(out), stride // 4)
-
-
-def test_dynamic_head_matches_naive_per_instance_loop():
-    head = DynamicMaskHead()
-    assert head.num_gen_params == 169
-    assert (head.weight_nums, head.bias_nums) == ([80, 64, 8], [8, 8, 1])
-    torch.manual_seed(0)
-    mask_feats = torch.randn(2, 8, 6, 7, dtype=torch.float64)
-    inst = Instances(
-        (0, 0),
-        locations=torch.tensor([[12.0, 20.0], [40.0, 8.0], [100.0, 60.0]], dtype=torch.float64),
-        im_inds=torch.tensor([0, 1, 1]),
-        fpn_levels=torch.tensor([0, 2, 4]),
-        mask_head_params=torch.randn(3, 169, dtype=torch.float64),
-    )
-    got = head.mask_logits(mask_feats, 8, inst)
-    assert got.shape == (3, 1, 12, 14)
-    torch.testing.assert_close(got, _naive_mask_logits(head, mask_feats, 8, inst))
-
-
-def test_mask_loss_is_dice_mean_and_zero_but_connected_without_instances():
-    head = DynamicMaskHead().train()
-    mask_feats = torch.randn(1, 8, 4, 4, requires_grad=True)
-    params = torch.randn(2, 169, requires_grad=True)
-    inst = Instances((0, 0), locations=torch.tensor([[4.0, 4.0], [20.0, 12.0]]), im_inds=torch.tensor([0, 0]),
-                     fpn_levels=torch.tensor([0, 1]), mask_head_params=params, gt_inds=torch.tensor([1, 0]))
-    gt = Instances((32, 32), gt_bitmasks=(torch.rand(2, 8, 8) > 0.5).float())
-    loss = head(mask_feats, 8, inst, [gt])["loss_mask"]
-    probs = head.mask_logits(mask_feats, 8, inst).sigmoid()
-    target = gt.gt_bitmasks[[1, 0]][:, None]
-    dice = 1 - 2 * (probs * target).sum((1, 2, 3)) / ((probs**2).sum((1, 2, 3)) + (target**2).sum((1, 2, 3)) + 1e-5)
-    torch.testing.assert_close(loss, dice.mean())
-    empty = head(mask_feats, 8, inst[:0], [gt])["loss_mask"]
-    assert empty.item() == 0
-    empty.backward()
-    assert mask_feats.grad is not None and params.grad is not None
-
-
+# ------------------------------------------------------------------- mask-head extension point
 def test_mask_head_is_pluggable_through_the_registry():
     @MASK_HEAD_REGISTRY.register()
     class _ExtraLossHead(DynamicMaskHead):
@@ -241,7 +169,7 @@ def test_mask_head_is_pluggable_through_the_registry():
             losses["loss_extra"] = mask_logits.float().sigmoid().mean() if len(instances) else mask_logits.sum() * 0
             return losses
 
-    cfg = _small_cfg()
+    cfg = tiny_cfg(**SMALL)
     cfg.MODEL.CONDINST.MASK_HEAD.NAME = "_ExtraLossHead"
     assert type(build_mask_head(cfg)) is _ExtraLossHead
     model = build_model(cfg).train()
@@ -274,8 +202,8 @@ def test_max_proposals_samples_with_randperm(small_model):
 
 
 def test_topk_proposals_per_image_matches_adelaidet_loop():
-    model = build_model(_small_cfg(**{"MODEL.CONDINST.MAX_PROPOSALS": -1,
-                                      "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 4}))
+    model = build_model(tiny_cfg(**{**SMALL, "MODEL.CONDINST.MAX_PROPOSALS": -1,
+                                    "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 4}))
     # image 0 has GTs 0, 1, 2 (2 has no positive); image 1 has GT 3
     gt_inds = [0, 0, 0, 1, 1, 1, 1, 0, 3, 3, 3, 3, 3, 3]
     im_inds = [0] * 8 + [1] * 6
@@ -366,7 +294,7 @@ def test_teacher_path_reproduces_the_students_own_mask_logits():
             seen.update(logits=mask_logits.detach(), instances=instances, images=images)
             return super().losses(mask_logits, instances, gt_instances, images)
 
-    cfg = _small_cfg(**{"MODEL.CONDINST.MAX_PROPOSALS": 7})
+    cfg = tiny_cfg(**{**SMALL, "MODEL.CONDINST.MAX_PROPOSALS": 7})
     cfg.MODEL.CONDINST.MASK_HEAD.NAME = "_RecordingHead"
     student = build_model(cfg).train()
     for module in student.modules():  # BN on running stats, as in the teacher (eval mode)
@@ -375,7 +303,7 @@ def test_teacher_path_reproduces_the_students_own_mask_logits():
     batch = [_record(100, 120, 0), _record(90, 130, 1)]
     with torch.no_grad():
         student(batch)
-        teacher = build_model(_small_cfg()).eval()
+        teacher = build_model(tiny_cfg(**SMALL)).eval()
         teacher.load_state_dict(student.state_dict())
         logits = teacher.mask_logits_on(seen["images"], seen["instances"])
     assert len(seen["instances"]) == 7
@@ -393,19 +321,3 @@ def test_inference_under_bf16_autocast(small_model):
     assert len(out) > 0 and out.pred_masks.shape == (len(out), 128, 100)
     assert out.pred_masks.dtype == torch.bool and out.scores.dtype == torch.float32
     assert out.pred_boxes.dtype == torch.float32 and torch.isfinite(out.pred_boxes).all()
-
-
-def test_mask_branch_fuses_levels_and_refuses_unaligned_features():
-    from condinst_percep.modeling.condinst import MaskBranch
-
-    branch = MaskBranch(in_features=["p3", "p4", "p5"], in_channels=[4, 4, 4], in_strides=[8, 16, 32],
-                        channels=32, out_channels=8, num_convs=1).eval()
-    feats = {"p3": torch.randn(1, 4, 8, 8), "p4": torch.randn(1, 4, 4, 4), "p5": torch.randn(1, 4, 2, 2)}
-    with torch.no_grad():
-        x = branch.refine[0](feats["p3"]) + aligned_bilinear(branch.refine[1](feats["p4"]), 2)
-        x = x + aligned_bilinear(branch.refine[2](feats["p5"]), 4)
-        torch.testing.assert_close(branch(feats), branch.tower(x))
-    assert branch.out_stride == 8 and branch.tower[1].out_channels == 8
-    feats["p4"] = torch.randn(1, 4, 4, 3)
-    with pytest.raises(ValueError, match="p4"):
-        branch(feats)

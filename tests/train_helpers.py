@@ -1,13 +1,18 @@
-"""Tiny train_net.py runs for the fault tests: a generated shapes set, small-model overrides,
-and a subprocess launcher with one intra-op thread (bitwise-reproducible on CPU)."""
+"""Tiny train_net.py runs (tests/tools, tests/reliability): a generated shapes set, the tiny model
+as overrides, train_net.main in this process, and a subprocess launcher with one intra-op thread
+(bitwise-reproducible on CPU)."""
 
 import os
 import subprocess
 import sys
 
 from condinst_percep.data import generate_shapes
+from condinst_percep.engine import default_argument_parser
+from tests.conftest import REPO, TINY_MODEL
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(REPO))
+import train_net  # noqa: E402
+
 TRAIN_NET = os.path.join(REPO, "train_net.py")
 CONFIG = os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -19,21 +24,9 @@ def make_shapes(root) -> str:
     return f"coco:{json_file}:{os.path.join(str(root), 'images')}"
 
 
-# Config overrides that make the quickstart model a few-millisecond-per-iteration one.
-TINY_MODEL = {
-    "MODEL.RESNETS.STEM_OUT_CHANNELS": 8,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS": 8,
-    "MODEL.FPN.OUT_CHANNELS": 64,
-    "MODEL.FCOS.NUM_CLS_CONVS": 1,
-    "MODEL.FCOS.NUM_BOX_CONVS": 1,
-    "MODEL.CONDINST.MASK_BRANCH.CHANNELS": 16,
-    "MODEL.CONDINST.MASK_BRANCH.NUM_CONVS": 1,
-}
-
-
 def tiny_opts(dataset: str, output_dir, **extra) -> list[str]:
-    """train_net.py overrides: the tiny model on ``dataset`` with 48-64 px images, 10
-    iterations, a checkpoint after each."""
+    """train_net.py overrides: TINY_MODEL on ``dataset`` with 48-64 px images, 10 iterations, a
+    checkpoint after each."""
     opts = {
         **TINY_MODEL,
         "INPUT.MIN_SIZE_TRAIN": "(48,)",
@@ -54,6 +47,12 @@ def tiny_opts(dataset: str, output_dir, **extra) -> list[str]:
     }
     opts.update(extra)
     return [str(x) for kv in opts.items() for x in kv]
+
+
+def run_main(argv: list[str], config=CONFIG):
+    """train_net.main on ``--config-file config`` and ``argv``, in this process."""
+    args = default_argument_parser().parse_args(["--config-file", str(config)] + argv)
+    return train_net.main(args)
 
 
 def train_cmd(opts: list[str], *flags: str) -> list[str]:

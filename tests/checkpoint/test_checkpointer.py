@@ -16,20 +16,8 @@ from condinst_percep.checkpoint import (
     resolve_path,
     torchvision_resnet_name,
 )
-from condinst_percep.config import get_cfg
 from condinst_percep.modeling.backbone import build_backbone
-
-
-def tiny_cfg(depth=50, **resnets):
-    cfg = get_cfg()
-    cfg.MODEL.RESNETS.DEPTH = depth
-    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 8
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 16 if depth >= 50 else 8
-    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 4 if depth >= 50 else 64
-    cfg.MODEL.FPN.OUT_CHANNELS = 16
-    for k, v in resnets.items():
-        cfg.MODEL.RESNETS[k] = v
-    return cfg
+from tests.conftest import SMALL_BACKBONE, tiny_cfg
 
 
 class TinyCondInst(nn.Module):
@@ -67,7 +55,7 @@ def assert_same_tensors(a: nn.Module, b: nn.Module, skip=()):
 
 @pytest.mark.parametrize("layout", ["wrapped", "bare", "ddp"])
 def test_adelaidet_pth_loads_identical_tensors(tmp_path, layout):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(**SMALL_BACKBONE[50])
     src = randomised(TinyCondInst(cfg), 1)
     sd = src.state_dict()
     # AdelaiDet's model zoo predates _iter; a re-saved dict may lack num_batches_tracked.
@@ -85,7 +73,7 @@ def test_adelaidet_pth_loads_identical_tensors(tmp_path, layout):
 
 
 def test_sem_checkpoint_extra_keys_are_reported_and_skipped(tmp_path):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(**SMALL_BACKBONE[50])
     src = randomised(TinyCondInst(cfg), 2)
     sd = src.state_dict()
     sd["mask_branch.seg_head.0.0.weight"] = torch.zeros(128, 256, 3, 3)
@@ -103,7 +91,7 @@ def test_sem_checkpoint_extra_keys_are_reported_and_skipped(tmp_path):
 
 
 def test_shape_mismatch_is_reported_and_not_loaded(tmp_path):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(**SMALL_BACKBONE[50])
     src = randomised(TinyCondInst(cfg), 3)
     sd = src.state_dict()
     sd["controller.weight"] = torch.zeros(233, 16, 3, 3)  # a BoxInst controller
@@ -121,14 +109,14 @@ def test_shape_mismatch_is_reported_and_not_loaded(tmp_path):
 
 
 def test_little_loaded_is_an_error(tmp_path):
-    r18 = randomised(TinyCondInst(tiny_cfg(18)), 4)
+    r18 = randomised(TinyCondInst(tiny_cfg(**SMALL_BACKBONE[18])), 4)
     torch.save(r18.state_dict(), tmp_path / "r18.pth")
     with pytest.raises(CheckpointMismatchError, match="r18.pth"):
-        Checkpointer(TinyCondInst(tiny_cfg(50))).load(str(tmp_path / "r18.pth"))
+        Checkpointer(TinyCondInst(tiny_cfg(**SMALL_BACKBONE[50]))).load(str(tmp_path / "r18.pth"))
     heads_only = {k: v for k, v in r18.state_dict().items() if not k.startswith("backbone.")}
     torch.save(heads_only, tmp_path / "heads.pth")
     with pytest.raises(CheckpointMismatchError, match=r"0 of the .* backbone parameters"):
-        Checkpointer(TinyCondInst(tiny_cfg(18))).load(str(tmp_path / "heads.pth"))
+        Checkpointer(TinyCondInst(tiny_cfg(**SMALL_BACKBONE[18]))).load(str(tmp_path / "heads.pth"))
 
 
 # --- detectron2's Caffe2 ImageNet pickles --------------------------------------------------------
@@ -161,7 +149,7 @@ def test_caffe2_mapping_covers_full_msra_resnet(depth, blocks):
                 names += [f"res{stage}_{b}_{br}_{s}" for s in ("w", "bn_s", "bn_b")]
     mapped = {caffe2_resnet_name(n) for n in names} - {None}
     assert len(mapped) == len(names) - 2
-    cfg = tiny_cfg(depth)
+    cfg = tiny_cfg(**SMALL_BACKBONE[depth])
     ours = {
         "backbone." + k
         for k in build_backbone(cfg).bottom_up.state_dict(prefix="bottom_up.")
@@ -184,7 +172,7 @@ def write_caffe2_pickle(model: nn.Module, path, wrap_in_blobs: bool):
 
 @pytest.mark.parametrize("wrap_in_blobs", [False, True])
 def test_caffe2_pickle_loads_identical_tensors(tmp_path, wrap_in_blobs):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(**SMALL_BACKBONE[50])
     src = randomised(TinyCondInst(cfg), 5)
     path = tmp_path / "R-50.pkl"
     write_caffe2_pickle(src, path, wrap_in_blobs)
@@ -206,7 +194,7 @@ def test_caffe2_pickle_loads_identical_tensors(tmp_path, wrap_in_blobs):
 
 
 def test_caffe2_pickle_refuses_torchvision_conventions(tmp_path):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(**SMALL_BACKBONE[50])
     write_caffe2_pickle(TinyCondInst(cfg), tmp_path / "R-50.pkl", False)
     cfg.INPUT.FORMAT = "RGB"
     with pytest.raises(ValueError, match="INPUT.FORMAT"):
@@ -218,11 +206,11 @@ def test_unknown_caffe2_blob_is_an_error(tmp_path):
         blobs = {"conv1_w": np.zeros((8, 3, 7, 7), np.float32), "res2_0_branch2d_w": np.zeros(1)}
         pickle.dump(blobs, f)
     with pytest.raises(CheckpointFileError, match="res2_0_branch2d_w"):
-        Checkpointer(TinyCondInst(tiny_cfg())).load(str(tmp_path / "odd.pkl"))
+        Checkpointer(TinyCondInst(tiny_cfg(**SMALL_BACKBONE[50]))).load(str(tmp_path / "odd.pkl"))
 
 
 def test_detectron2_model_zoo_pickle(tmp_path):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(**SMALL_BACKBONE[50])
     src = randomised(TinyCondInst(cfg), 6)
     model = {
         k[len("backbone.bottom_up.") :]: v.numpy()
@@ -255,7 +243,8 @@ def torchvision_key_for(our_key: str) -> str:
 
 
 def torchvision_cfg(depth):
-    cfg = tiny_cfg(depth, STRIDE_IN_1X1=False, NORM="BN")
+    cfg = tiny_cfg(**SMALL_BACKBONE[depth], **{"MODEL.RESNETS.STRIDE_IN_1X1": False,
+                                               "MODEL.RESNETS.NORM": "BN"})
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
     cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
@@ -302,7 +291,7 @@ def test_torchvision_weights_refuse_msra_settings(tmp_path):
     cfg = torchvision_cfg(50)
     sd = {"conv1.weight": torch.zeros(8, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(4, 8, 1, 1)}
     torch.save(sd, tmp_path / "tv.pth")
-    msra = tiny_cfg(50)
+    msra = tiny_cfg(**SMALL_BACKBONE[50])
     with pytest.raises(ValueError) as e:
         Checkpointer(TinyCondInst(cfg), cfg=msra).load(str(tmp_path / "tv.pth"))
     for key in ("INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "STRIDE_IN_1X1", "tv.pth"):
@@ -313,7 +302,7 @@ def test_torchvision_weights_refuse_msra_settings(tmp_path):
 
 
 def test_corrupt_files_name_the_file(tmp_path):
-    cfg = tiny_cfg(18)
+    cfg = tiny_cfg(**SMALL_BACKBONE[18])
     good = tmp_path / "good.pth"
     torch.save(TinyCondInst(cfg).state_dict(), good)
     data = good.read_bytes()
@@ -355,7 +344,7 @@ def test_detectron2_url_and_cache(tmp_path):
 
 
 def test_save_resume_and_atomicity(tmp_path):
-    cfg = tiny_cfg(18)
+    cfg = tiny_cfg(**SMALL_BACKBONE[18])
     model = randomised(TinyCondInst(cfg), 8)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
     model.controller.weight.sum().backward()
@@ -383,6 +372,6 @@ def test_save_resume_and_atomicity(tmp_path):
 
 
 def test_save_is_skipped_off_the_main_process(tmp_path):
-    ck = Checkpointer(TinyCondInst(tiny_cfg(18)), str(tmp_path), save_to_disk=False)
+    ck = Checkpointer(TinyCondInst(tiny_cfg(**SMALL_BACKBONE[18])), str(tmp_path), save_to_disk=False)
     ck.save("model_final")
     assert os.listdir(tmp_path) == []

@@ -8,8 +8,8 @@ import textwrap
 import pytest
 
 from condinst_percep.engine import default_argument_parser, launch
+from tests.conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent(
     """

@@ -10,9 +10,10 @@ from condinst_percep.config import (
 )
 from condinst_percep.engine import validate_cfg
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import ASSETS, REPO
+
 OURS = REPO / "configs" / "CondInst"
-ADELAIDET = Path(__file__).resolve().parent / "assets" / "adelaidet_configs"
+ADELAIDET = ASSETS / "adelaidet_configs"
 
 
 def load(path: Path):

@@ -1,24 +1,13 @@
 """tools/ablate.py: run plan, result reading and mean ± std aggregation (no training)."""
-import importlib.util
 import json
 import math
 import os
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import load_tool
 
-
-def _load_ablate():
-    spec = importlib.util.spec_from_file_location("ablate", os.path.join(REPO, "tools", "ablate.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ablate"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-ablate = _load_ablate()
+ablate = load_tool("ablate")
 
 
 def _write(folder, box, mask):

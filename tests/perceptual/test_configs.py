@@ -7,8 +7,8 @@ from condinst_percep.config import get_cfg
 from condinst_percep.engine import validate_cfg
 from condinst_percep.modeling import build_model
 from condinst_percep.modeling.condinst.teacher import check_teacher_cfg, load_teacher_cfg
+from tests.conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name):

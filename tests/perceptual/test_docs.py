@@ -1,10 +1,11 @@
 """The ```python snippets of docs/perceptual_loss.md run as written."""
 import re
-from pathlib import Path
 
 import pytest
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "perceptual_loss.md"
+from tests.conftest import REPO
+
+DOC = REPO / "docs" / "perceptual_loss.md"
 SNIPPETS = re.findall(r"^```python\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
 
 

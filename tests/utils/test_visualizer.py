@@ -1,8 +1,6 @@
 """The drawing helper and tools/plot_metrics.py."""
 
-import importlib.util
 import json
-import os
 
 import cv2
 import numpy as np
@@ -10,15 +8,8 @@ import pytest
 import torch
 
 from condinst_percep.utils.visualizer import draw_instances, instance_colors
+from tests.conftest import load_tool
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_draw_instances_blends_masks_and_leaves_the_rest():
@@ -58,7 +49,7 @@ def test_draw_instances_boxes_and_labels():
 
 
 def test_plot_metrics_reads_json_lines_and_writes_png(tmp_path):
-    plot_metrics = _load_tool("plot_metrics")
+    plot_metrics = load_tool("plot_metrics")
     metrics = tmp_path / "metrics.json"
     lines = [
         {"iteration": 19, "total_loss": 2.0, "loss_fcos_cls": 1.0, "loss_mask": 1.0, "lr": 0.01},

@@ -4,23 +4,20 @@ targets, TOPK sampling) and in the training loop (one read per iteration)."""
 import collections
 import os
 import re
-import runpy
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(__file__))
-from percep_helpers import make_batch, tiny_cfg, tiny_percep_cfg, write_teacher  # noqa: E402
+from condinst_percep.engine.train_loop import SimpleTrainer
+from condinst_percep.layers.host_values import segment_ids, values_on
+from condinst_percep.modeling import build_model
+from condinst_percep.utils.events import EventStorage
+from condinst_percep.utils.host_sync import HOST_SIDE_BY_DESIGN, HostSyncAudit
+from tests.conftest import ASSETS, REPO, load_tool, tiny_cfg
+from tests.percep_helpers import STUDENT, make_batch, tiny_percep_cfg
 
-from condinst_percep.engine.train_loop import SimpleTrainer  # noqa: E402
-from condinst_percep.layers.host_values import segment_ids, values_on  # noqa: E402
-from condinst_percep.modeling import build_model  # noqa: E402
-from condinst_percep.utils.events import EventStorage  # noqa: E402
-from condinst_percep.utils.host_sync import HOST_SIDE_BY_DESIGN, HostSyncAudit  # noqa: E402
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = str(REPO / "tests")  # the audited helpers below live under it
 _KEY = re.compile(r"^(\S+) at (\S+):\d+ \((\S+)\)$")
 FCOS_OUTPUTS = "condinst_percep/modeling/fcos/fcos_outputs.py"
 CONDINST = "condinst_percep/modeling/condinst/condinst.py"
@@ -118,7 +115,7 @@ def test_audit_finds_each_kind_of_host_read_by_function():
         for f in funcs:
             f(x)
     found = {(op, func) for op, path, func in _by_function(audit.points)}
-    assert all(path == "tests/test_host_sync.py" for _, path, _ in _by_function(audit.points))
+    assert all(path == "tests/utils/test_host_sync.py" for _, path, _ in _by_function(audit.points))
     assert {func for _, func in found} == {f.__name__ for f in funcs}
     assert ("_local_scalar_dense", "_item") in found and ("_local_scalar_dense", "_truth") in found
     assert ("nonzero", "_nonzero") in found
@@ -138,12 +135,12 @@ def test_audit_ignores_ops_whose_output_size_is_known_on_the_host():
 
 def test_allowed_points_are_reported_apart_with_their_reason():
     x = torch.arange(6.0)
-    allow = {"tests/test_host_sync.py:_truth": "host-side on purpose"}
+    allow = {"tests/utils/test_host_sync.py:_truth": "host-side on purpose"}
     with HostSyncAudit(roots=[TESTS], allow=allow) as audit:
         _truth(x)
         _item(x)
-    assert set(_by_function(audit.points)) == {("_local_scalar_dense", "tests/test_host_sync.py", "_item")}
-    assert set(_by_function(audit.allowed)) == {("_local_scalar_dense", "tests/test_host_sync.py", "_truth")}
+    assert set(_by_function(audit.points)) == {("_local_scalar_dense", "tests/utils/test_host_sync.py", "_item")}
+    assert set(_by_function(audit.allowed)) == {("_local_scalar_dense", "tests/utils/test_host_sync.py", "_truth")}
     assert audit.total == 1
     report = audit.report()
     assert report.index("(_item)") < report.index("allowed") < report.index("(_truth)")
@@ -151,7 +148,7 @@ def test_allowed_points_are_reported_apart_with_their_reason():
 
 
 def test_points_outside_the_roots_are_counted_as_outside():
-    with HostSyncAudit(roots=[os.path.join(TESTS, "assets")]) as audit:
+    with HostSyncAudit(roots=[str(ASSETS)]) as audit:
         _item(torch.ones(2))
     assert audit.points == collections.Counter({"_local_scalar_dense at <outside>": 1})
 
@@ -167,11 +164,6 @@ def test_host_values_equal_the_copies_they_replace():
 
 
 # -------------------------------------------------------------------- the training step
-@pytest.fixture(scope="module")
-def teacher_files(tmp_path_factory):
-    return write_teacher(tmp_path_factory.mktemp("teacher"))
-
-
 def _record_mask_head_inputs(model):
     seen = {}
 
@@ -209,10 +201,10 @@ ONE_NONZERO = {("nonzero", FCOS_OUTPUTS, "fcos_losses"): 1}
 )
 def test_training_step_syncs_only_at_the_documented_points(variant, expected, teacher_files):
     cfg = {
-        "plain": lambda: tiny_cfg(),
+        "plain": lambda: tiny_cfg(**STUDENT),
         "percep_gt": lambda: tiny_percep_cfg("gt"),
         "percep_teacher": lambda: tiny_percep_cfg("teacher", *teacher_files),
-        "topk": lambda: tiny_cfg(**{"MODEL.CONDINST.MAX_PROPOSALS": -1,
+        "topk": lambda: tiny_cfg(**{**STUDENT, "MODEL.CONDINST.MAX_PROPOSALS": -1,
                                     "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 4}),
         "percep_crop": lambda: tiny_percep_cfg("gt", **{"MODEL.PERCEP.CROP_MARGIN": 2,
                                                         "MODEL.PERCEP.CROP_APPROXIMATE": True}),
@@ -266,13 +258,13 @@ def _pad_p6(backbone):
 
 
 def test_teacher_grid_is_checked_on_the_host_and_a_mismatch_is_refused():
-    student = build_model(tiny_cfg()).train()
+    student = build_model(tiny_cfg(**STUDENT)).train()
     seen = _record_mask_head_inputs(student)
     with torch.no_grad():
         student(make_batch())
     images, instances = seen["images"], seen["instances"]
     assert images.shape[-2:] == (128, 160) and len(instances) == 9
-    teacher = build_model(tiny_cfg()).eval()
+    teacher = build_model(tiny_cfg(**STUDENT)).eval()
     teacher.load_state_dict(student.state_dict())
     with torch.no_grad(), HostSyncAudit() as audit:
         logits = teacher.mask_logits_on(images, instances)
@@ -291,7 +283,7 @@ def test_teacher_grid_is_checked_on_the_host_and_a_mismatch_is_refused():
 # ---------------------------------------------------------------------- the training loop
 def test_one_training_iteration_reads_the_host_once_in_the_loop():
     torch.manual_seed(0)
-    model = build_model(tiny_cfg())
+    model = build_model(tiny_cfg(**STUDENT))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     trainer = SimpleTrainer(model, [make_batch()] * 2, optimizer,
                             grad_clipper=lambda ps: torch.nn.utils.clip_grad_norm_(list(ps), 1.0))
@@ -312,12 +304,11 @@ def test_one_training_iteration_reads_the_host_once_in_the_loop():
 def test_audit_command_runs_the_trainer_on_the_configs_data(tmp_path, capsys):
     from condinst_percep.data import generate_shapes
 
-    main = runpy.run_path(os.path.join(os.path.dirname(TESTS), "tools", "host_sync.py"))["main"]
+    main = load_tool("host_sync").main
     json_file = generate_shapes(str(tmp_path), num_images=2, min_size=48, max_size=64, seed=0,
                                 max_objects=2)
     dataset = f"coco:{json_file}:{tmp_path / 'images'}"
-    repo = os.path.dirname(TESTS)
-    main(["--config-file", os.path.join(repo, "configs/Quickstart/CondInst_shapes.yaml"),
+    main(["--config-file", os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml"),
           "DATASETS.TRAIN", f"('{dataset}',)", "DATALOADER.NUM_WORKERS", "0",
           "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
           "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.CONDINST.MASK_BRANCH.CHANNELS", "16",

@@ -1,16 +1,11 @@
 """The perceptual CondInst under DistributedDataParallel (2 gloo processes on the CPU)."""
-import os
-import sys
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from condinst_percep.engine.launch import destroy_process_group
-
-sys.path.insert(0, os.path.dirname(__file__))
-from percep_helpers import make_batch, tiny_percep_cfg, write_teacher  # noqa: E402
+from tests.percep_helpers import make_batch, tiny_percep_cfg, write_teacher
 
 
 def _two_steps(rank, config_file, weights):
