@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from layers.test_deform_conv import make_inputs
 
 from condinst_percep.layers import deform_conv2d
+from tests.layers.test_deform_conv import make_inputs
 
 from .boxinst_dcn_helpers import compare_detections, compare_training_step, deform_conv_on_cpu
 

@@ -13,7 +13,8 @@ from condinst_percep.data.coco import load_coco_json
 from condinst_percep.data.dataset_mapper import DatasetMapper
 from condinst_percep.data.transforms import RandomFlip, ResizeShortestEdge
 from condinst_percep.data.validation import BadDataError
-from reliability.train_helpers import make_shapes, run_train_net, tiny_opts
+
+from tests.train_helpers import make_shapes, run_train_net, tiny_opts
 
 
 def strip_segmentations(dataset: str) -> str:
