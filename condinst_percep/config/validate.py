@@ -19,7 +19,6 @@ from ..utils import comm
 # listed is refused. Owners of the modules reading a key extend its row when they add an option.
 SUPPORTED_CHOICES: dict[str, tuple[Any, ...]] = {
     "MODEL.META_ARCHITECTURE": ("CondInst",),
-    "MODEL.BACKBONE.NAME": ("build_fcos_resnet_fpn_backbone",),
     "MODEL.PROPOSAL_GENERATOR.NAME": ("FCOS",),
     "MODEL.MASK_ON": (True,),
     "MODEL.KEYPOINT_ON": (False,),
@@ -61,10 +60,6 @@ _NOT_IMPLEMENTED: dict[str, str] = {
     "MODEL.BACKBONE.ANTI_ALIAS": "the anti-aliased (blur-pool) ResNet is not implemented",
     "MODEL.FCOS.USE_DEFORMABLE": "deformable convolutions are not implemented",
     "MODEL.RESNETS.DEFORM_MODULATED": "deformable convolutions are not implemented",
-    "MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON": (
-        "the auxiliary semantic loss of the '_sem' models is not implemented "
-        "(their checkpoints still load: the extra keys are skipped)"
-    ),
     "MODEL.BOXINST.ENABLED": "BoxInst (box-supervised training) is not implemented",
     "INPUT.IS_ROTATE": "rotation augmentation is not implemented",
 }
@@ -73,13 +68,13 @@ _NOT_IMPLEMENTED: dict[str, str] = {
 _NORM_KEYS = (
     "MODEL.RESNETS.NORM",
     "MODEL.FPN.NORM",
+    "MODEL.BiFPN.NORM",
     "MODEL.CONDINST.MASK_BRANCH.NORM",
 )
 
-_COMPAT_ONLY_PREFIXES = ("MODEL.BOXINST.", "MODEL.BiFPN.", "MODEL.TOP_MODULE.")
+_COMPAT_ONLY_PREFIXES = ("MODEL.BOXINST.", "MODEL.TOP_MODULE.")
 
 _WHY_CHOICE = {
-    "MODEL.BACKBONE.NAME": "only the ResNet-FPN backbone is implemented (no BiFPN, VoVNet, DLA)",
     "MODEL.MASK_ON": "CondInst always predicts masks",
     "MODEL.RESNETS.RES5_DILATION": "a dilated res5 breaks the FPN strides CondInst relies on",
     "MODEL.FCOS.USE_RELU": "AdelaiDet ignores it and always applies ReLU",
@@ -174,6 +169,16 @@ def _check_not_implemented(cfg: CfgNode, bad) -> None:
                 bad(key, "kept only so AdelaiDet YAMLs load; the feature is not implemented")
 
 
+# The backbone whose neck is configured by MODEL.BiFPN; every other one reads MODEL.FPN.
+_BIFPN_BACKBONE = "build_fcos_resnet_bifpn_backbone"
+
+
+def neck_key(cfg: CfgNode) -> str:
+    """``"MODEL.BiFPN"`` for the BiFPN backbone, else ``"MODEL.FPN"``: the node holding the
+    pyramid's ``IN_FEATURES``, ``OUT_CHANNELS`` and ``NORM``."""
+    return "MODEL.BiFPN" if cfg.MODEL.BACKBONE.NAME == _BIFPN_BACKBONE else "MODEL.FPN"
+
+
 def _check_backbone(cfg: CfgNode, bad) -> None:
     r = cfg.MODEL.RESNETS
     if not 0 <= cfg.MODEL.BACKBONE.FREEZE_AT <= 5:
@@ -186,18 +191,20 @@ def _check_backbone(cfg: CfgNode, bad) -> None:
     if r.NORM == "GN" and any(c % 32 for c in _resnet_channels(cfg)):
         bad("MODEL.RESNETS.NORM", "GN uses 32 groups: every ResNet width must divide by 32")
     stages = ["res2", "res3", "res4", "res5"]
-    fpn_in = list(cfg.MODEL.FPN.IN_FEATURES)
+    neck = neck_key(cfg)
+    fpn_in = list(_get(cfg, f"{neck}.IN_FEATURES"))
     if not fpn_in or any(f not in stages for f in fpn_in):
-        bad("MODEL.FPN.IN_FEATURES", f"must be consecutive entries of {stages}")
+        bad(f"{neck}.IN_FEATURES", f"must be consecutive entries of {stages}")
     elif fpn_in != stages[stages.index(fpn_in[0]) : stages.index(fpn_in[0]) + len(fpn_in)]:
-        bad("MODEL.FPN.IN_FEATURES", f"must be consecutive entries of {stages}, in order")
+        bad(f"{neck}.IN_FEATURES", f"must be consecutive entries of {stages}, in order")
     missing = [f for f in fpn_in if f not in r.OUT_FEATURES]
     if missing:
-        bad("MODEL.RESNETS.OUT_FEATURES", f"lacks {missing}, which MODEL.FPN.IN_FEATURES uses")
-    if cfg.MODEL.FPN.OUT_CHANNELS < 1:
-        bad("MODEL.FPN.OUT_CHANNELS", "must be a positive integer")
+        bad("MODEL.RESNETS.OUT_FEATURES", f"lacks {missing}, which {neck}.IN_FEATURES uses")
+    if _get(cfg, f"{neck}.OUT_CHANNELS") < 1:
+        bad(f"{neck}.OUT_CHANNELS", "must be a positive integer")
     if cfg.MODEL.FCOS.TOP_LEVELS and fpn_in and fpn_in[-1] != "res5":
-        bad("MODEL.FCOS.TOP_LEVELS", "P6/P7 are computed from P5, so FPN.IN_FEATURES needs res5")
+        bad("MODEL.FCOS.TOP_LEVELS", f"P6/P7 are computed from res5, so {neck}.IN_FEATURES needs it")
+
 
 
 def _resnet_channels(cfg: CfgNode) -> list[int]:
@@ -210,7 +217,7 @@ def _resnet_channels(cfg: CfgNode) -> list[int]:
 
 def backbone_output_names(cfg: CfgNode) -> list[str]:
     """Names of the backbone's outputs ("p3".."p7" for the defaults) implied by the config."""
-    names = [f"p{int(re.sub('res', '', f))}" for f in cfg.MODEL.FPN.IN_FEATURES]
+    names = [f"p{int(re.sub('res', '', f))}" for f in _get(cfg, f"{neck_key(cfg)}.IN_FEATURES")]
     last = int(names[-1][1:]) if names else 5
     return names + [f"p{last + i + 1}" for i in range(cfg.MODEL.FCOS.TOP_LEVELS)]
 
@@ -276,16 +283,18 @@ def _check_heads(cfg: CfgNode, bad) -> None:
                 "MODEL.CONDINST.MASK_OUT_STRIDE",
                 f"must divide the mask-branch stride {mask_stride} (of {mask_in[0]})",
             )
-    if f.NORM in ("GN", "NaiveGN") and cfg.MODEL.FPN.OUT_CHANNELS % 32:
-        bad("MODEL.FCOS.NORM", "GN uses 32 groups: MODEL.FPN.OUT_CHANNELS must divide by 32")
-    elif f.NORM in ("GN", "NaiveGN") and cfg.MODEL.FPN.OUT_CHANNELS == 32 and expected_strides:
+    neck = neck_key(cfg)
+    neck_channels = _get(cfg, f"{neck}.OUT_CHANNELS")
+    if f.NORM in ("GN", "NaiveGN") and neck_channels % 32:
+        bad("MODEL.FCOS.NORM", f"GN uses 32 groups: {neck}.OUT_CHANNELS must divide by 32")
+    elif f.NORM in ("GN", "NaiveGN") and neck_channels == 32 and expected_strides:
         # One channel per group: on a 1x1 map (an image padded to the top stride) a group holds
         # a single value, which GroupNorm refuses at batch 1 and maps to its bias otherwise.
         top = max(expected_strides)
         smallest = min([*cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST])
         if smallest <= top:
             bad(
-                "MODEL.FPN.OUT_CHANNELS",
+                f"{neck}.OUT_CHANNELS",
                 f"with MODEL.FCOS.NORM {f.NORM!r} (32 groups) leaves one channel per group, and "
                 f"images resized to {smallest} px (INPUT.MIN_SIZE_TRAIN/TEST; 0 = not resized) "
                 f"can have a 1x1 map at stride {top}, where each group normalises a single value "

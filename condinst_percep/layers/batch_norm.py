@@ -187,6 +187,10 @@ _NORMS = {
 }
 
 
+# The names get_norm accepts besides "" (no norm).
+NORM_NAMES = tuple(_NORMS)
+
+
 def get_norm(norm: str | None, out_channels: int) -> nn.Module | None:
     """The normalisation layer named ``norm`` for ``out_channels`` channels, or None for ""."""
     if not norm:

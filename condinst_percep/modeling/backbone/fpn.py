@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...layers import Conv2d, ShapeSpec, c2_xavier_fill, get_norm
+from .build import BACKBONE_REGISTRY
 from .resnet import build_resnet_backbone
 
 
@@ -57,6 +58,9 @@ class FPN(nn.Module):
     ``size_divisibility``, and returns ``{"p3": (N, C, H/8, W/8), ..., "p7": (N, C, H/128,
     W/128)}`` (names ``p{log2 stride}``, C = ``out_channels``, the input dtype).
     """
+
+    # Module-name prefixes (tried in order) -> the config key choosing their norm.
+    NORM_KEYS = {"bottom_up.": "MODEL.RESNETS.NORM", "": "MODEL.FPN.NORM"}
 
     def __init__(
         self,
@@ -153,6 +157,7 @@ class FPN(nn.Module):
         }
 
 
+@BACKBONE_REGISTRY.register()
 def build_fcos_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec | None = None) -> FPN:
     """AdelaiDet's ``build_fcos_resnet_fpn_backbone``: ResNet + FPN + ``FCOS.TOP_LEVELS`` extra
     levels from P5. ``input_shape`` defaults to ``len(MODEL.PIXEL_MEAN)`` channels."""
