@@ -100,6 +100,9 @@ def test_outputs_strides_and_odd_sizes():
     # 160 x 96: P6 and P7 round up (3 x 2, 2 x 1), as FCOS's grid expects.
     out = backbone(torch.randn(2, 3, 160, 96))
     assert [tuple(v.shape[-2:]) for v in out.values()] == [(20, 12), (10, 6), (5, 3), (3, 2), (2, 1)]
+    # 64 px high: P6 and P7 are both 1 high; AdelaiDet raises there, pooling still fits.
+    out = backbone(torch.randn(2, 3, 64, 96))
+    assert [tuple(v.shape[-2:]) for v in out.values()] == [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]
     registered = {k for k, _ in BACKBONE_REGISTRY}
     assert {"build_fcos_resnet_fpn_backbone", "build_fcos_resnet_bifpn_backbone"} <= registered
     with pytest.raises(ValueError, match="multiples of 32"):

@@ -154,12 +154,16 @@ class BiFPNLayer(nn.Module):
 
     def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if h > size[0] and w > size[1]:
+        if (h, w) == size:
+            return x
+        if h >= size[0] and w >= size[1]:
+            # The finer neighbour. AdelaiDet needs both sides larger, so it raises where a side
+            # is 1 at both levels (an image side <= 64 px); pooling it still gives the grid.
             if (-(-h // 2), -(-w // 2)) != size:
                 raise ValueError(f"BiFPN: a level of size {(h, w)} is not 2x the next {size}")
             return max_pool_down(x)
         if h <= size[0] and w <= size[1]:
-            return x if (h, w) == size else F.interpolate(x, size=size, mode="nearest")
+            return F.interpolate(x, size=size, mode="nearest")
         raise ValueError(f"BiFPN: levels of sizes {(h, w)} and {size} are not nested")
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
