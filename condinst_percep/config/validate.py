@@ -203,8 +203,10 @@ def _check_backbone(cfg: CfgNode, bad) -> None:
     if _get(cfg, f"{neck}.OUT_CHANNELS") < 1:
         bad(f"{neck}.OUT_CHANNELS", "must be a positive integer")
     if cfg.MODEL.FCOS.TOP_LEVELS and fpn_in and fpn_in[-1] != "res5":
-        bad("MODEL.FCOS.TOP_LEVELS", f"P6/P7 are computed from res5, so {neck}.IN_FEATURES needs it")
-
+        bad(
+            "MODEL.FCOS.TOP_LEVELS",
+            f"P6/P7 are computed from res5, so {neck}.IN_FEATURES needs it",
+        )
 
 
 def _resnet_channels(cfg: CfgNode) -> list[int]:

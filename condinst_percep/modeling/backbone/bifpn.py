@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from ...config import UnsupportedConfigError
 from ...layers import Conv2d, ShapeSpec, get_norm
 from ...layers.batch_norm import NORM_NAMES
-from .build import BACKBONE_REGISTRY
+from .build import BACKBONE_REGISTRY, check_padded
 from .resnet import ResNet, build_resnet_backbone
 
 NORMS = ("", *NORM_NAMES)
@@ -240,11 +240,7 @@ class BiFPN(nn.Module):
             in_channels = [out_channels] * len(in_features)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        d = self.size_divisibility
-        if x.dim() == 4 and (x.shape[-2] % d or x.shape[-1] % d):
-            raise ValueError(
-                f"BiFPN input size {tuple(x.shape[-2:])} must be padded to multiples of {d}"
-            )
+        check_padded(x, self.size_divisibility, "BiFPN")
         outputs = self.bottom_up(x)
         feats = [outputs[f] for f in self.in_features]
         for layer in self.repeated_bifpn:

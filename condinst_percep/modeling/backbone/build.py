@@ -1,6 +1,7 @@
 """The backbone registry: ``MODEL.BACKBONE.NAME`` picks a builder ``fn(cfg, input_shape)``."""
 from __future__ import annotations
 
+import torch
 from fvcore.common.config import CfgNode
 from fvcore.common.registry import Registry
 from torch import nn
@@ -25,3 +26,13 @@ def build_backbone(cfg: CfgNode, input_shape: ShapeSpec | None = None) -> nn.Mod
             f"{sorted(k for k, _ in BACKBONE_REGISTRY)}"
         )
     return BACKBONE_REGISTRY.get(name)(cfg, input_shape)
+
+
+def check_padded(x: torch.Tensor, size_divisibility: int, name: str) -> None:
+    """Raise ValueError unless the (N, C, H, W) batch ``x`` has H and W multiples of
+    ``size_divisibility``, which the pyramid's level sizes rely on."""
+    d = size_divisibility
+    if x.dim() == 4 and (x.shape[-2] % d or x.shape[-1] % d):
+        raise ValueError(
+            f"{name} input size {tuple(x.shape[-2:])} must be padded to multiples of {d}"
+        )

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...layers import Conv2d, ShapeSpec, c2_xavier_fill, get_norm
-from .build import BACKBONE_REGISTRY
+from .build import BACKBONE_REGISTRY, check_padded
 from .resnet import build_resnet_backbone
 
 
@@ -130,12 +130,7 @@ class FPN(nn.Module):
         self.size_divisibility = strides[-1]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        d = self.size_divisibility
-        if x.dim() == 4 and (x.shape[-2] % d or x.shape[-1] % d):
-            raise ValueError(
-                f"FPN input size {tuple(x.shape[-2:])} must be padded to multiples of "
-                f"{self.size_divisibility}"
-            )
+        check_padded(x, self.size_divisibility, "FPN")
         bottom_up = self.bottom_up(x)
         prev = self.lateral_convs[0](bottom_up[self.in_features[-1]])
         results = [self.output_convs[0](prev)]
