@@ -5,8 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from condinst_percep.config import UnsupportedConfigError, get_cfg, validate_cfg
+from condinst_percep.modeling import build_model
 from condinst_percep.modeling.backbone import BACKBONE_REGISTRY, BiFPNLayer, build_backbone
 from condinst_percep.modeling.backbone.bifpn import bifpn_nodes
+from condinst_percep.structures import Instances
+from percep_helpers import tiny_cfg
 
 # AdelaiDet's SingleBiFPN node tables (adet/modeling/backbone/bifpn.py), as (level, inputs).
 ADELAIDET_NODES = {
@@ -142,3 +145,22 @@ def test_validate_cfg_reads_the_bifpn_keys():
     cfg.MODEL.BiFPN.IN_FEATURES = ["res3", "res4"]
     with pytest.raises(UnsupportedConfigError, match="MODEL.BiFPN.IN_FEATURES needs it"):
         validate_cfg(cfg)
+
+
+def test_lone_tiny_image_names_the_bifpn_norm():
+    cfg = tiny_cfg(**{
+        "MODEL.BACKBONE.NAME": "build_fcos_resnet_bifpn_backbone",
+        "MODEL.BiFPN.IN_FEATURES": ["res3", "res4", "res5"], "MODEL.BiFPN.OUT_CHANNELS": 32,
+        "MODEL.BiFPN.NUM_REPEATS": 1, "MODEL.BiFPN.NORM": "BN",
+    })
+    model = build_model(cfg).train()
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, 10:40, 20:50] = True
+    instances = Instances(
+        (64, 64), gt_boxes=torch.tensor([[20.0, 10.0, 50.0, 40.0]]),
+        gt_classes=torch.tensor([1]), gt_masks=masks,
+    )
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    # A lone 64 px image: P6 is 1x1, one value per channel for the batch norm of res6.
+    with pytest.raises(ValueError, match=r"bottom_up\.res6\.reduction\.norm.*MODEL\.BiFPN\.NORM"):
+        model([{"image": image, "instances": instances}])
