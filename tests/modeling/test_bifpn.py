@@ -161,6 +161,6 @@ def test_lone_tiny_image_names_the_bifpn_norm():
         gt_classes=torch.tensor([1]), gt_masks=masks,
     )
     image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
-    # A lone 64 px image: P6 is 1x1, one value per channel for the batch norm of res6.
-    with pytest.raises(ValueError, match=r"bottom_up\.res6\.reduction\.norm.*MODEL\.BiFPN\.NORM"):
+    # A lone 64 px image: P6 is 1x1, one value per channel for the norm of its first node.
+    with pytest.raises(ValueError, match=r"repeated_bifpn\.0\.outputs_f3_3_4\.norm.*MODEL\.BiFPN\.NORM"):
         model([{"image": image, "instances": instances}])
