@@ -19,7 +19,10 @@ sys.path.insert(0, REPO)
 import train_net  # noqa: E402
 
 # Narrow widths, same depth and layout: R-50/R-101 bottlenecks of width 4-32, 64-channel pyramid.
+# Batch-statistics BN in the ResNet: with random weights and FrozenBN at identity statistics
+# (no ImageNet weights here), a narrow R-101's activations grow until its gradients overflow.
 NARROW = [
+    "MODEL.RESNETS.NORM", "BN",
     "MODEL.RESNETS.STEM_OUT_CHANNELS", 8, "MODEL.RESNETS.RES2_OUT_CHANNELS", 16,
     "MODEL.RESNETS.WIDTH_PER_GROUP", 4, "MODEL.FPN.OUT_CHANNELS", 64, "MODEL.BiFPN.OUT_CHANNELS", 64,
     "MODEL.FCOS.NUM_CLS_CONVS", 1, "MODEL.FCOS.NUM_BOX_CONVS", 1,

@@ -4,9 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from condinst_percep.config import UnsupportedConfigError, get_cfg, validate_cfg
+from condinst_percep.config import UnsupportedConfigError, get_cfg
+from condinst_percep.config.validate import collect_problems
+from condinst_percep.engine import validate_cfg
 from condinst_percep.modeling import build_model
-from condinst_percep.modeling.backbone import BACKBONE_REGISTRY, BiFPNLayer, build_backbone
+from condinst_percep.modeling.backbone import (
+    BACKBONE_REGISTRY,
+    BiFPNLayer,
+    build_backbone,
+    check_backbone_cfg,
+)
 from condinst_percep.modeling.backbone.bifpn import bifpn_nodes
 from condinst_percep.structures import Instances
 from percep_helpers import tiny_cfg
@@ -129,8 +136,9 @@ def test_fusion_weights_learn():
 )
 def test_bad_keys_are_named(key, value, message):
     cfg = tiny_bifpn_cfg(**{key: value})
-    with pytest.raises(UnsupportedConfigError, match=message):
-        build_backbone(cfg)
+    with pytest.raises(UnsupportedConfigError, match=message) as e:
+        collect_problems(cfg, [check_backbone_cfg])
+    assert len(e.value.problems) == 1
 
 
 def test_validate_cfg_reads_the_bifpn_keys():

@@ -17,13 +17,10 @@ from fvcore.common.config import CfgNode
 from torch import nn
 from torch.nn import functional as F
 
-from ...config import UnsupportedConfigError
-from ...layers import Conv2d, ShapeSpec, get_norm
-from ...layers.batch_norm import NORM_NAMES
-from .build import BACKBONE_REGISTRY, check_padded
-from .resnet import ResNet, build_resnet_backbone
-
-NORMS = ("", *NORM_NAMES)
+from ...config.validate import Report
+from ...layers import Conv2d, ShapeSpec, check_norm_cfg, get_norm
+from .build import check_padded, register_backbone
+from .resnet import STAGE_NAMES, ResNet, build_resnet_backbone
 
 # The stability constant of the fast normalised fusion (EfficientDet, AdelaiDet).
 FUSION_EPS = 1e-4
@@ -254,13 +251,41 @@ class BiFPN(nn.Module):
         }
 
 
-@BACKBONE_REGISTRY.register()
+def check_bifpn_cfg(cfg: CfgNode, bad: Report) -> None:
+    """The checks of the keys :func:`build_fcos_resnet_bifpn_backbone` reads on top of the
+    ResNet's: ``MODEL.BiFPN`` and ``MODEL.FCOS.TOP_LEVELS``."""
+    b = cfg.MODEL.BiFPN
+    check_norm_cfg(cfg, bad, "MODEL.BiFPN.NORM", [b.OUT_CHANNELS])
+    bifpn_in = list(b.IN_FEATURES)
+    if not bifpn_in or any(f not in STAGE_NAMES for f in bifpn_in):
+        bad("MODEL.BiFPN.IN_FEATURES", f"must be consecutive entries of {STAGE_NAMES}")
+    elif bifpn_in != STAGE_NAMES[STAGE_NAMES.index(bifpn_in[0]) :][: len(bifpn_in)]:
+        bad("MODEL.BiFPN.IN_FEATURES", f"must be consecutive entries of {STAGE_NAMES}, in order")
+    missing = [f for f in bifpn_in if f not in cfg.MODEL.RESNETS.OUT_FEATURES]
+    if missing:
+        bad("MODEL.RESNETS.OUT_FEATURES", f"lacks {missing}, which MODEL.BiFPN.IN_FEATURES uses")
+    if b.OUT_CHANNELS < 1:
+        bad("MODEL.BiFPN.OUT_CHANNELS", "must be a positive integer")
+    if not isinstance(b.NUM_REPEATS, int) or b.NUM_REPEATS < 1:
+        bad("MODEL.BiFPN.NUM_REPEATS", "must be a positive integer")
+    if cfg.MODEL.FCOS.TOP_LEVELS < 0:
+        bad("MODEL.FCOS.TOP_LEVELS", "must be >= 0")
+    elif cfg.MODEL.FCOS.TOP_LEVELS and bifpn_in and bifpn_in[-1] != "res5":
+        bad(
+            "MODEL.FCOS.TOP_LEVELS",
+            "the extra levels follow res5, so MODEL.BiFPN.IN_FEATURES needs it last",
+        )
+    if len(bifpn_in) + max(cfg.MODEL.FCOS.TOP_LEVELS, 0) < 2:
+        bad("MODEL.BiFPN.IN_FEATURES", "a BiFPN needs at least 2 levels with the extra ones")
+
+
+@register_backbone(check_bifpn_cfg, neck="MODEL.BiFPN")
 def build_fcos_resnet_bifpn_backbone(cfg: CfgNode, input_shape: ShapeSpec | None = None) -> BiFPN:
     """ResNet (``MODEL.RESNETS``) + ``MODEL.FCOS.TOP_LEVELS`` extra levels + BiFPN
-    (``MODEL.BiFPN.IN_FEATURES``, ``OUT_CHANNELS``, ``NUM_REPEATS``, ``NORM``)."""
+    (``MODEL.BiFPN.IN_FEATURES``, ``OUT_CHANNELS``, ``NUM_REPEATS``, ``NORM``; checked by
+    :func:`check_bifpn_cfg`)."""
     if input_shape is None:
         input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
-    check_bifpn_cfg(cfg)
     b = cfg.MODEL.BiFPN
     return BiFPN(
         build_resnet_backbone(cfg, input_shape),
@@ -270,23 +295,3 @@ def build_fcos_resnet_bifpn_backbone(cfg: CfgNode, input_shape: ShapeSpec | None
         num_repeats=b.NUM_REPEATS,
         norm=b.NORM,
     )
-
-
-def check_bifpn_cfg(cfg: CfgNode) -> None:
-    """Raise :class:`UnsupportedConfigError` naming each ``MODEL.BiFPN`` key that cannot build
-    a BiFPN (``validate_cfg`` also checks ``IN_FEATURES`` and ``OUT_CHANNELS``, with the FPN's
-    rules; this covers a direct ``build_backbone``)."""
-    b, resnet_out = cfg.MODEL.BiFPN, list(cfg.MODEL.RESNETS.OUT_FEATURES)
-    problems = []
-    missing = [f for f in b.IN_FEATURES if f not in resnet_out]
-    if not b.IN_FEATURES or missing:
-        problems.append(
-            f"MODEL.BiFPN.IN_FEATURES = {list(b.IN_FEATURES)}: needs outputs of the ResNet "
-            f"(MODEL.RESNETS.OUT_FEATURES = {resnet_out}); {missing} are not"
-        )
-    if not isinstance(b.NUM_REPEATS, int) or b.NUM_REPEATS < 1:
-        problems.append(f"MODEL.BiFPN.NUM_REPEATS = {b.NUM_REPEATS!r}: must be a positive integer")
-    if b.NORM not in NORMS:
-        problems.append(f"MODEL.BiFPN.NORM = {b.NORM!r}: supported: {NORMS}")
-    if problems:
-        raise UnsupportedConfigError(problems)

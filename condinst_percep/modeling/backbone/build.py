@@ -1,29 +1,89 @@
-"""The backbone registry: ``MODEL.BACKBONE.NAME`` picks a builder ``fn(cfg, input_shape)``."""
+"""The backbone registry: ``MODEL.BACKBONE.NAME`` picks a builder ``fn(cfg, input_shape)``, and
+with it the check of the keys it reads and the config node of its pyramid (its "neck")."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from fvcore.common.config import CfgNode
 from fvcore.common.registry import Registry
 from torch import nn
 
+from ...config.config import lookup
+from ...config.validate import Check, Report, check_choice
 from ...layers import ShapeSpec
+from .resnet import check_resnet_cfg
 
 BACKBONE_REGISTRY = Registry("BACKBONE")
-BACKBONE_REGISTRY.__doc__ = """Backbone builders ``fn(cfg, input_shape: ShapeSpec | None)``.
+BACKBONE_REGISTRY.__doc__ = """Backbone builders ``fn(cfg, input_shape: ShapeSpec | None)``,
+registered with :func:`register_backbone`.
 
-Each returns a module whose forward maps a normalised, padded (N, 3, H, W) batch to named
-feature maps, with ``output_shape()``, ``size_divisibility`` and ``NORM_KEYS`` (module-name
-prefixes -> the config key that chose their norm, for error messages).
+Each returns a module whose forward maps a normalised, padded (N, 3, H, W) batch to
+``{"p3": ..., "p7": ...}``, with ``output_shape()``, ``size_divisibility`` and ``NORM_KEYS``
+(module-name prefixes -> the config key that chose their norm, for error messages).
 """
 
 
+def register_backbone(check_cfg: Check, neck: str) -> Callable:
+    """Registers the decorated builder under its name with ``check_cfg(cfg, bad)``, the check of
+    the keys it reads besides the ResNet's, and ``neck``, the config node (``"MODEL.FPN"``)
+    whose ``IN_FEATURES`` and ``OUT_CHANNELS`` give its outputs' names and width."""
+
+    def register(builder: Callable) -> Callable:
+        builder.check_cfg = check_cfg
+        builder.neck = neck
+        BACKBONE_REGISTRY.register(builder)
+        return builder
+
+    return register
+
+
+def _registered() -> list[str]:
+    return sorted(name for name, _ in BACKBONE_REGISTRY)
+
+
+def check_backbone_cfg(cfg: CfgNode, bad: Report) -> None:
+    """``MODEL.BACKBONE.NAME`` (a registered builder), the ResNet's keys (the bottom-up network
+    of every backbone here) and the keys of the backbone ``NAME`` names."""
+    if cfg.MODEL.MOBILENET:
+        bad("MODEL.MOBILENET", "the MobileNetV2 backbone is not implemented")
+    name = cfg.MODEL.BACKBONE.NAME
+    check_choice(cfg, bad, "MODEL.BACKBONE.NAME", _registered(), "not a registered backbone")
+    check_resnet_cfg(cfg, bad)
+    if name in BACKBONE_REGISTRY:
+        BACKBONE_REGISTRY.get(name).check_cfg(cfg, bad)
+
+
+def neck_key(cfg: CfgNode) -> str:
+    """The config node of the backbone's pyramid, ``"MODEL.FPN"`` or ``"MODEL.BiFPN"``. An
+    unregistered ``NAME`` (reported by :func:`check_backbone_cfg`) reads ``"MODEL.FPN"``, so
+    the other checks still run."""
+    name = cfg.MODEL.BACKBONE.NAME
+    return BACKBONE_REGISTRY.get(name).neck if name in BACKBONE_REGISTRY else "MODEL.FPN"
+
+
+def backbone_output_names(cfg: CfgNode) -> list[str]:
+    """Names of the backbone's outputs ("p3".."p7" for the defaults) implied by the config:
+    ``p{level}`` of the neck's ``IN_FEATURES``, then ``FCOS.TOP_LEVELS`` more."""
+    in_features = lookup(cfg, f"{neck_key(cfg)}.IN_FEATURES")
+    names = [f"p{f[3:]}" for f in in_features if f.startswith("res") and f[3:].isdigit()]
+    last = int(names[-1][1:]) if names else 5
+    return names + [f"p{last + i + 1}" for i in range(cfg.MODEL.FCOS.TOP_LEVELS)]
+
+
+def backbone_out_channels(cfg: CfgNode) -> tuple[str, int]:
+    """(key, value) of the config key that sets the width of every backbone output."""
+    key = f"{neck_key(cfg)}.OUT_CHANNELS"
+    return key, lookup(cfg, key)
+
+
 def build_backbone(cfg: CfgNode, input_shape: ShapeSpec | None = None) -> nn.Module:
-    """The backbone registered under ``cfg.MODEL.BACKBONE.NAME``."""
+    """The backbone registered under ``cfg.MODEL.BACKBONE.NAME`` (its keys are checked by
+    :func:`check_backbone_cfg`, which ``build_model`` runs)."""
     name = cfg.MODEL.BACKBONE.NAME
     if name not in BACKBONE_REGISTRY:
         raise ValueError(
-            f"MODEL.BACKBONE.NAME = {name!r} is not implemented; available: "
-            f"{sorted(k for k, _ in BACKBONE_REGISTRY)}"
+            f"MODEL.BACKBONE.NAME = {name!r} is not implemented; available: {_registered()}"
         )
     return BACKBONE_REGISTRY.get(name)(cfg, input_shape)
 

@@ -8,8 +8,10 @@ import math
 import torch
 from torch import nn
 
-from ...layers import ShapeSpec, aligned_bilinear, get_norm
+from ...config.validate import Report
+from ...layers import ShapeSpec, aligned_bilinear, check_norm_cfg, get_norm
 from ...structures import Instances
+from ..backbone import backbone_output_names
 from .semantic_loss import semantic_focal_loss, semantic_targets
 
 
@@ -71,6 +73,23 @@ class MaskBranch(nn.Module):
             )
             self.logits = nn.Conv2d(channels, num_semantic_classes, 1)
             nn.init.constant_(self.logits.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    @classmethod
+    def check_cfg(cls, cfg, bad: Report) -> None:
+        """The checks of ``MODEL.CONDINST.MASK_BRANCH`` (see ``collect_problems``)."""
+        mb = cfg.MODEL.CONDINST.MASK_BRANCH
+        outputs = backbone_output_names(cfg)
+        if not mb.IN_FEATURES or any(x not in outputs for x in mb.IN_FEATURES):
+            bad(
+                "MODEL.CONDINST.MASK_BRANCH.IN_FEATURES",
+                f"must be a non-empty subset of the backbone outputs {outputs}",
+            )
+        for key in ("OUT_CHANNELS", "CHANNELS"):
+            if mb[key] < 1:
+                bad(f"MODEL.CONDINST.MASK_BRANCH.{key}", "must be a positive integer")
+        if mb.NUM_CONVS < 0:
+            bad("MODEL.CONDINST.MASK_BRANCH.NUM_CONVS", "must be >= 0")
+        check_norm_cfg(cfg, bad, "MODEL.CONDINST.MASK_BRANCH.NORM", [mb.CHANNELS])
 
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
