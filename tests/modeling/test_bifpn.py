@@ -151,7 +151,7 @@ def test_validate_cfg_reads_the_bifpn_keys():
         validate_cfg(cfg)
     cfg.MODEL.BiFPN.OUT_CHANNELS = 64
     cfg.MODEL.BiFPN.IN_FEATURES = ["res3", "res4"]
-    with pytest.raises(UnsupportedConfigError, match="MODEL.BiFPN.IN_FEATURES needs it"):
+    with pytest.raises(UnsupportedConfigError, match="BiFPN.IN_FEATURES needs res5"):
         validate_cfg(cfg)
 
 

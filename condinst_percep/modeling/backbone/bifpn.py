@@ -18,9 +18,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...config.validate import Report
-from ...layers import Conv2d, ShapeSpec, check_norm_cfg, get_norm
-from .build import check_padded, register_backbone
-from .resnet import STAGE_NAMES, ResNet, build_resnet_backbone
+from ...layers import Conv2d, ShapeSpec, get_norm
+from .build import check_neck_cfg, check_padded, register_backbone
+from .resnet import ResNet, build_resnet_backbone
 
 # The stability constant of the fast normalised fusion (EfficientDet, AdelaiDet).
 FUSION_EPS = 1e-4
@@ -255,27 +255,12 @@ def check_bifpn_cfg(cfg: CfgNode, bad: Report) -> None:
     """The checks of the keys :func:`build_fcos_resnet_bifpn_backbone` reads on top of the
     ResNet's: ``MODEL.BiFPN`` and ``MODEL.FCOS.TOP_LEVELS``."""
     b = cfg.MODEL.BiFPN
-    check_norm_cfg(cfg, bad, "MODEL.BiFPN.NORM", [b.OUT_CHANNELS])
-    bifpn_in = list(b.IN_FEATURES)
-    if not bifpn_in or any(f not in STAGE_NAMES for f in bifpn_in):
-        bad("MODEL.BiFPN.IN_FEATURES", f"must be consecutive entries of {STAGE_NAMES}")
-    elif bifpn_in != STAGE_NAMES[STAGE_NAMES.index(bifpn_in[0]) :][: len(bifpn_in)]:
-        bad("MODEL.BiFPN.IN_FEATURES", f"must be consecutive entries of {STAGE_NAMES}, in order")
-    missing = [f for f in bifpn_in if f not in cfg.MODEL.RESNETS.OUT_FEATURES]
-    if missing:
-        bad("MODEL.RESNETS.OUT_FEATURES", f"lacks {missing}, which MODEL.BiFPN.IN_FEATURES uses")
-    if b.OUT_CHANNELS < 1:
-        bad("MODEL.BiFPN.OUT_CHANNELS", "must be a positive integer")
+    check_neck_cfg(cfg, bad, "MODEL.BiFPN")
     if not isinstance(b.NUM_REPEATS, int) or b.NUM_REPEATS < 1:
         bad("MODEL.BiFPN.NUM_REPEATS", "must be a positive integer")
     if cfg.MODEL.FCOS.TOP_LEVELS < 0:
         bad("MODEL.FCOS.TOP_LEVELS", "must be >= 0")
-    elif cfg.MODEL.FCOS.TOP_LEVELS and bifpn_in and bifpn_in[-1] != "res5":
-        bad(
-            "MODEL.FCOS.TOP_LEVELS",
-            "the extra levels follow res5, so MODEL.BiFPN.IN_FEATURES needs it last",
-        )
-    if len(bifpn_in) + max(cfg.MODEL.FCOS.TOP_LEVELS, 0) < 2:
+    if len(b.IN_FEATURES) + max(cfg.MODEL.FCOS.TOP_LEVELS, 0) < 2:
         bad("MODEL.BiFPN.IN_FEATURES", "a BiFPN needs at least 2 levels with the extra ones")
 
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from ...config.config import lookup
 from ...config.validate import Check, Report, check_choice
-from ...layers import ShapeSpec
-from .resnet import check_resnet_cfg
+from ...layers import ShapeSpec, check_norm_cfg
+from .resnet import STAGE_NAMES, check_resnet_cfg
 
 BACKBONE_REGISTRY = Registry("BACKBONE")
 BACKBONE_REGISTRY.__doc__ = """Backbone builders ``fn(cfg, input_shape: ShapeSpec | None)``,
@@ -52,6 +52,27 @@ def check_backbone_cfg(cfg: CfgNode, bad: Report) -> None:
     check_resnet_cfg(cfg, bad)
     if name in BACKBONE_REGISTRY:
         BACKBONE_REGISTRY.get(name).check_cfg(cfg, bad)
+
+
+def check_neck_cfg(cfg: CfgNode, bad: Report, neck: str) -> None:
+    """The keys every pyramid on the ResNet reads from its node ``neck`` (``"MODEL.FPN"``):
+    ``IN_FEATURES`` consecutive ResNet outputs ending at res5 when ``FCOS.TOP_LEVELS`` extra
+    levels follow it, a positive ``OUT_CHANNELS``, and ``NORM``."""
+    node = lookup(cfg, neck)
+    check_norm_cfg(cfg, bad, f"{neck}.NORM", [node.OUT_CHANNELS])
+    stages, in_features = STAGE_NAMES, list(node.IN_FEATURES)
+    if not in_features or any(f not in stages for f in in_features):
+        bad(f"{neck}.IN_FEATURES", f"must be consecutive entries of {stages}")
+    elif in_features != stages[stages.index(in_features[0]) :][: len(in_features)]:
+        bad(f"{neck}.IN_FEATURES", f"must be consecutive entries of {stages}, in order")
+    missing = [f for f in in_features if f not in cfg.MODEL.RESNETS.OUT_FEATURES]
+    if missing:
+        bad("MODEL.RESNETS.OUT_FEATURES", f"lacks {missing}, which {neck}.IN_FEATURES uses")
+    if node.OUT_CHANNELS < 1:
+        bad(f"{neck}.OUT_CHANNELS", "must be a positive integer")
+    if cfg.MODEL.FCOS.TOP_LEVELS and in_features and in_features[-1] != "res5":
+        short = neck.removeprefix("MODEL.")
+        bad("MODEL.FCOS.TOP_LEVELS", f"P6/P7 are computed from P5, so {short}.IN_FEATURES needs res5")
 
 
 def neck_key(cfg: CfgNode) -> str:

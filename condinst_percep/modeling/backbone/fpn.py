@@ -14,9 +14,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...config.validate import Report, check_choice
-from ...layers import Conv2d, ShapeSpec, c2_xavier_fill, check_norm_cfg, get_norm
-from .build import check_padded, register_backbone
-from .resnet import STAGE_NAMES, build_resnet_backbone
+from ...layers import Conv2d, ShapeSpec, c2_xavier_fill, get_norm
+from .build import check_neck_cfg, check_padded, register_backbone
+from .resnet import build_resnet_backbone
 
 FUSE_TYPES = ("sum", "avg")
 
@@ -162,23 +162,9 @@ _TOP_BLOCKS = {0: None, 1: LastLevelP6, 2: LastLevelP6P7}
 def check_fpn_cfg(cfg: CfgNode, bad: Report) -> None:
     """The checks of the keys :func:`build_fcos_resnet_fpn_backbone` reads on top of the
     ResNet's: ``MODEL.FPN`` and ``MODEL.FCOS.TOP_LEVELS``."""
-    fpn = cfg.MODEL.FPN
-    check_norm_cfg(cfg, bad, "MODEL.FPN.NORM", [fpn.OUT_CHANNELS])
+    check_neck_cfg(cfg, bad, "MODEL.FPN")
     check_choice(cfg, bad, "MODEL.FPN.FUSE_TYPE", FUSE_TYPES)
     check_choice(cfg, bad, "MODEL.FCOS.TOP_LEVELS", _TOP_BLOCKS)
-    stages = STAGE_NAMES
-    fpn_in = list(fpn.IN_FEATURES)
-    if not fpn_in or any(f not in stages for f in fpn_in):
-        bad("MODEL.FPN.IN_FEATURES", f"must be consecutive entries of {stages}")
-    elif fpn_in != stages[stages.index(fpn_in[0]) : stages.index(fpn_in[0]) + len(fpn_in)]:
-        bad("MODEL.FPN.IN_FEATURES", f"must be consecutive entries of {stages}, in order")
-    missing = [f for f in fpn_in if f not in cfg.MODEL.RESNETS.OUT_FEATURES]
-    if missing:
-        bad("MODEL.RESNETS.OUT_FEATURES", f"lacks {missing}, which MODEL.FPN.IN_FEATURES uses")
-    if fpn.OUT_CHANNELS < 1:
-        bad("MODEL.FPN.OUT_CHANNELS", "must be a positive integer")
-    if cfg.MODEL.FCOS.TOP_LEVELS and fpn_in and fpn_in[-1] != "res5":
-        bad("MODEL.FCOS.TOP_LEVELS", "P6/P7 are computed from P5, so FPN.IN_FEATURES needs res5")
 
 
 @register_backbone(check_fpn_cfg, neck="MODEL.FPN")
