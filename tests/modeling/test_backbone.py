@@ -147,8 +147,8 @@ def test_input_errors():
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         backbone(torch.zeros(1, 1, 64, 64))
     cfg = tiny_cfg(**SMALL_BACKBONE[18])
-    cfg.MODEL.BACKBONE.NAME = "build_fcos_resnet_bifpn_backbone"
-    with pytest.raises(ValueError, match="build_fcos_resnet_bifpn_backbone"):
+    cfg.MODEL.BACKBONE.NAME = "build_vovnet_fpn_backbone"
+    with pytest.raises(ValueError, match="build_vovnet_fpn_backbone.*build_fcos_resnet_bifpn"):
         build_backbone(cfg)
 
 
