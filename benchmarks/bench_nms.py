@@ -69,6 +69,29 @@ def opencv_nms(boxes, scores, idxs, thr):
     return torch.as_tensor(np.asarray(keep, dtype=np.int64).reshape(-1))
 
 
+def opencv_at_the_threshold(pairs: int = 5000, seed: int = 0) -> tuple[int, int, int]:
+    """Two-box problems whose threshold is the pair's float32 IoU or its float32 neighbours:
+    (decisions, OpenCV's that differ from the float32 greedy's, ours that differ)."""
+    rng = np.random.default_rng(seed)
+    decisions = opencv_diff = ours_diff = 0
+    scores = torch.tensor([0.9, 0.8])
+    classes = torch.zeros(2, dtype=torch.int64)
+    for _ in range(pairs):
+        b = (rng.random((2, 4)) * 100).astype(np.float32)
+        b[:, 2:] = b[:, :2] + (rng.random((2, 2)) * 50 + 1).astype(np.float32)
+        boxes = torch.from_numpy(b)
+        iou = pairwise_iou(boxes[:1], boxes[1:])[0, 0]
+        if iou <= 0:
+            continue
+        for thr in (iou, torch.nextafter(iou, torch.tensor(0.0)), torch.nextafter(iou, torch.tensor(1.0))):
+            thr = float(thr)
+            suppressed = float(iou) > thr
+            decisions += 1
+            opencv_diff += (len(opencv_nms(boxes, scores, classes, thr)) == 1) != suppressed
+            ours_diff += (len(batched_nms(boxes, scores, classes, thr)) == 1) != suppressed
+    return decisions, opencv_diff, ours_diff
+
+
 def timed(fn, device, repeat=5):
     fn()
     if device == "cuda":
@@ -107,6 +130,9 @@ def main() -> None:
             ms, keep = timed(lambda: fn(boxes, scores, classes, 0.6), args.device, args.repeat)
             cells.append(f"{ms:.2f} | {torch.equal(keep.cpu(), ref.cpu())}")
         print(f"| {n} | {len(ref)} | " + " | ".join(cells) + f" | {ms_loop:.1f} |")
+    decisions, opencv_diff, ours_diff = opencv_at_the_threshold()
+    print(f"\nIoU at the threshold (float32 IoU and its float32 neighbours, {decisions} two-box "
+          f"decisions): OpenCV differs from the float32 greedy in {opencv_diff}, ours in {ours_diff}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 import tqdm
 
 from condinst_percep import Predictor
-from condinst_percep.config import get_cfg
+from condinst_percep.config import load_cfg
 from condinst_percep.data import MetadataCatalog, read_image
 from condinst_percep.utils.logger import setup_logger
 from condinst_percep.utils.visualizer import draw_instances
@@ -50,12 +50,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError("MODEL.WEIGHTS is empty: pass the checkpoint, e.g. --opts MODEL.WEIGHTS model_final.pth")
+    cfg = load_cfg(args.config_file, args.opts, need_weights=True)
     if not 0.0 <= args.confidence_threshold <= 1.0:
         raise ValueError(f"--confidence-threshold {args.confidence_threshold} is not in [0, 1]")
     return cfg

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from condinst_percep import ExportedPredictor, Predictor
-from condinst_percep.config import get_cfg
+from condinst_percep.config import load_cfg
 from condinst_percep.data import read_image
 from condinst_percep.export import export_onnx, export_program, save_program
 from condinst_percep.utils.logger import setup_logger
@@ -55,10 +55,7 @@ def main(argv: list[str] | None = None) -> str:
     """Writes the exported file; returns its path."""
     args = get_parser().parse_args(argv)
     logger = setup_logger(name="condinst_percep")
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_cfg(args.config_file, args.opts)
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialised model")
     predictor = Predictor(cfg)
