@@ -21,8 +21,10 @@ from ...checkpoint import (
     read_checkpoint,
     resolve_path,
 )
-from ...config import get_cfg, validate_cfg
-from ...config.validate import backbone_output_names
+from ...config import get_cfg
+from ...config.config import lookup
+from ...config.validate import check_cfg, collect_problems
+from ..backbone import backbone_output_names
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +39,10 @@ _MUST_MATCH = {
 }
 
 
-def _get(cfg: CfgNode, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return list(node) if isinstance(node, (list, tuple)) else node
+def _value(cfg: CfgNode, key: str):
+    # Lists and tuples (YAML vs defaults) compare and print alike.
+    value = lookup(cfg, key)
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def load_teacher_cfg(config_file: str) -> CfgNode:
@@ -64,9 +65,9 @@ def load_teacher_cfg(config_file: str) -> CfgNode:
 def check_teacher_cfg(student_cfg: CfgNode, teacher_cfg: CfgNode, config_file: str) -> None:
     """Raise ValueError naming every key in which the teacher cannot serve the student."""
     problems = [
-        f"{key}: teacher {_get(teacher_cfg, key)!r} vs student {_get(student_cfg, key)!r} ({why})"
+        f"{key}: teacher {_value(teacher_cfg, key)!r} vs student {_value(student_cfg, key)!r} ({why})"
         for key, why in _MUST_MATCH.items()
-        if _get(teacher_cfg, key) != _get(student_cfg, key)
+        if _value(teacher_cfg, key) != _value(student_cfg, key)
     ]
     # The padding multiple is the stride of the last backbone output (FPN top levels included).
     t_top, s_top = backbone_output_names(teacher_cfg)[-1], backbone_output_names(student_cfg)[-1]
@@ -99,7 +100,7 @@ def build_teacher(student_cfg: CfgNode, model_cls: type[nn.Module]) -> nn.Module
     t = student_cfg.MODEL.TEACHER
     cfg = load_teacher_cfg(t.CONFIG_FILE)
     check_teacher_cfg(student_cfg, cfg, t.CONFIG_FILE)
-    validate_cfg(cfg)
+    collect_problems(cfg, [check_cfg, model_cls.check_cfg])
     cfg.MODEL.DEVICE = "cpu"
     teacher = model_cls(**model_cls.from_config(cfg))
     weights = t.WEIGHTS
