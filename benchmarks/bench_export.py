@@ -4,7 +4,7 @@ and over the torch.export ExportedProgram; same images, interleaved repeats, det
     python benchmarks/bench_export.py --config-file configs/Quickstart/CondInst_shapes.yaml \\
         --images 8 [--threads 1] [--repeat 3] MODEL.WEIGHTS model_final.pth
 
-Images: the first ``--images`` of the config's DATASETS.TEST[0] (the raw files, resized by the
+Images: the first ``--images`` of ``--dataset`` (default the config's DATASETS.TEST[0]; the raw files, resized by the
 predictors). Export time is printed too.
 """
 
@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--dataset", default="", help="image source (default: DATASETS.TEST[0])")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
@@ -42,7 +43,7 @@ def main() -> None:
     spec = importlib.util.spec_from_file_location("export_model", os.path.join(HERE, "tools", "export_model.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    records = DatasetCatalog.get(cfg.DATASETS.TEST[0])[: args.images]
+    records = DatasetCatalog.get(args.dataset or cfg.DATASETS.TEST[0])[: args.images]
     images = [read_image(r["file_name"], cfg.INPUT.FORMAT) for r in records]
     folder = tempfile.mkdtemp()
     predictors = {"eager": Predictor(cfg)}
