@@ -199,7 +199,8 @@ class CondInst(nn.Module):
     def forward(self, batched_inputs: list[dict]):
         images, image_sizes = self.preprocess_image(batched_inputs)
         if not self.training:
-            return self.decode(self.dense_outputs(images), batched_inputs, image_sizes, images.shape[-2:])
+            dense = self.dense_outputs(images)
+            return self.decode(dense, batched_inputs, image_sizes, images.shape[-2:])
         num_classes = self.proposal_generator.fcos_outputs.num_classes
         gt_instances = [
             check_gt_instances(i, x, num_classes).to(self.device, non_blocking=True)
