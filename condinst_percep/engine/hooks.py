@@ -29,7 +29,9 @@ def check_test_cfg(cfg, bad: Report) -> None:
     """The checks of the ``TEST`` keys of evaluation during training (see ``collect_problems``)."""
     if cfg.TEST.EVAL_PERIOD < 0:
         bad("TEST.EVAL_PERIOD", "must be >= 0 (0 disables evaluation during training)")
-    check_choice(cfg, bad, "TEST.AUG.ENABLED", (False,), "test-time augmentation is not implemented")
+    check_choice(
+        cfg, bad, "TEST.AUG.ENABLED", (False,), "test-time augmentation is not implemented"
+    )
     check_choice(cfg, bad, "TEST.PRECISE_BN.ENABLED", (False,), "precise BN is not implemented")
 
 

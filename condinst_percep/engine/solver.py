@@ -83,7 +83,10 @@ def check_solver_cfg(cfg, bad: Report) -> None:
     if not 0.0 <= s.WARMUP_FACTOR <= 1.0:
         bad("SOLVER.WARMUP_FACTOR", "must lie in [0, 1]")
     if s.LR_SCHEDULER_NAME == "WarmupCosineLR" and s.BASE_LR_END > s.BASE_LR:
-        bad("SOLVER.BASE_LR_END", f"the cosine schedule ends at most at SOLVER.BASE_LR = {s.BASE_LR}")
+        bad(
+            "SOLVER.BASE_LR_END",
+            f"the cosine schedule ends at most at SOLVER.BASE_LR = {s.BASE_LR}",
+        )
     for key in ("WEIGHT_DECAY", "WEIGHT_DECAY_NORM", "BASE_LR_END", "WARMUP_ITERS",
                 "REFERENCE_WORLD_SIZE", "BIAS_LR_FACTOR"):
         if s[key] < 0:
@@ -201,7 +204,9 @@ class WarmupParamScheduler(CompositeParamScheduler):
         elif warmup_method == "linear":
             warmup = LinearParamScheduler(start_value, end_value)
         else:
-            raise ValueError(f"SOLVER.WARMUP_METHOD = {warmup_method!r}; expected one of {WARMUP_METHODS}")
+            raise ValueError(
+                f"SOLVER.WARMUP_METHOD = {warmup_method!r}; expected one of {WARMUP_METHODS}"
+            )
         super().__init__(
             [warmup, scheduler],
             interval_scaling=["rescaled", "fixed"],

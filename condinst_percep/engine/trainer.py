@@ -67,14 +67,17 @@ def auto_scale_workers(cfg, num_workers: int):
 def create_ddp_model(model: nn.Module) -> nn.Module:
     """Wraps ``model`` in DDP when more than one process runs; returns it unchanged otherwise.
 
-    Buffers are not broadcast (the mask branch's BN statistics stay per process, as in
-    AdelaiDet), and every parameter is expected to get a gradient at every step.
+    Parameters and buffers are broadcast from rank 0 once, at wrapping, when every buffer still
+    holds the same initial value on each process; after that buffers are not synced (the mask
+    branch's BN statistics stay per process, as with AdelaiDet's ``broadcast_buffers=False``),
+    and every parameter is expected to get a gradient at every step.
     """
     if comm.get_world_size() == 1:
         return model
     device_ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
+    # forward_sync_buffers, not broadcast_buffers: torch deprecates the latter (FutureWarning).
     return DistributedDataParallel(
-        model, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=False
+        model, device_ids=device_ids, forward_sync_buffers=False, find_unused_parameters=False
     )
 
 

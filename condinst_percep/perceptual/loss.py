@@ -9,7 +9,7 @@ from .chunked_grad import InjectGrad, input_grad
 from .crop import gather_windows, plan_crops, scatter_windows
 from .inputs import check_inputs
 from .precision import AUTOCAST_NAMES, autocast_context, autocast_dtype
-from .random_net import INITS, VGG_STRUCTURES, VGG_WIDTHS, RandomPerceptualNet
+from .random_net import INITS, VGG_STRUCTURES, VGG_WIDTHS, RandomPerceptualNet, vgg_arch
 
 __all__ = ["PerceptualLoss"]
 
@@ -49,29 +49,7 @@ class PerceptualLoss(nn.Module):
             a :class:`RandomPerceptualNet`, the input of another network (same values; faster
             convolutions and pooling for narrow layers on the CPU and on tensor-core GPUs).
 
-    ``forward(pred, target, reduction="mean", target_index=None, boxes=None,
-    check_values=True)``:
-        pred: (n, C, H, W) float — probabilities (after sigmoid/softmax) or a regression map
-            such as depth, not logits: the network is positively homogeneous, so the loss
-            scales with the square of the input scale.
-        target: (n, C, H, W), or with ``target_index`` (G, C, H, W) holding G distinct target
-            maps; float or bool. Embedded without grad.
-        reduction: ``"mean"`` → scalar; ``"none"`` → (n,) per-instance values (already
-            multiplied by ``loss_weight``). float32 (float64 for a float64 network).
-        target_index: optional (n,) integer tensor; instance i is compared with
-            ``target[target_index[i]]``, and each of the G targets is embedded once.
-        boxes: (n, 4) float XYXY in pixels of the (H, W) maps, required with ``crop_margin``
-            (refused without). With ``target_index`` the targets are embedded whole and their
-            features cut to the window, and the target energy outside the window is added
-            back: the value is then exact whenever ``pred`` is 0 outside the box, whatever the
-            target. Planning the windows copies ``boxes`` to the host (one synchronisation).
-        check_values: check on the host that pred and target are finite and target_index in
-            range (one synchronisation, shared with the boxes' copy). A caller whose inputs
-            come from its own model (the CondInst head, where a non-finite loss stops the
-            training loop anyway) passes False: without boxes the loss then never waits for
-            the device.
-    With no instances the mean is 0 (still connected to ``pred``'s graph). The squared
-    differences and their reduction are computed in float32, also under autocast.
+    The loss is :meth:`forward`'s value.
     """
 
     def __init__(
@@ -160,15 +138,6 @@ class PerceptualLoss(nn.Module):
                 f"{need}, or crop_approximate=True to accept the difference"
             )
 
-    @staticmethod
-    def pretrained_vgg_arch(cfg) -> str | None:
-        """The torchvision VGG ("vgg11", ...) whose weights ``MODEL.PERCEP.PRETRAINED_VGG``
-        can hold for this ``STRUCTURE``, ``WIDTHS`` and ``KERNEL_SIZE``; None if no VGG fits."""
-        p = cfg.MODEL.PERCEP
-        if tuple(p.WIDTHS) != VGG_WIDTHS or p.KERNEL_SIZE != 3:
-            return None
-        return {s: name for name, s in VGG_STRUCTURES.items()}.get(tuple(p.STRUCTURE))
-
     @classmethod
     def check_cfg(cls, cfg, bad) -> None:
         """The checks of the loss network's and the weights' keys of ``MODEL.PERCEP``, each
@@ -200,7 +169,7 @@ class PerceptualLoss(nn.Module):
             bad("MODEL.PERCEP.CHUNK_SIZE", "must be an int >= 0 (0: all instances at once)")
         if not isinstance(p.SEED, int) or isinstance(p.SEED, bool):
             bad("MODEL.PERCEP.SEED", "must be an int")
-        if p.PRETRAINED_VGG and cls.pretrained_vgg_arch(cfg) is None:
+        if p.PRETRAINED_VGG and vgg_arch(structure, widths, k) is None:
             bad(
                 "MODEL.PERCEP.PRETRAINED_VGG",
                 "torchvision VGG weights need STRUCTURE of VGG11/13/16/19, the VGG WIDTHS and "
@@ -222,7 +191,7 @@ class PerceptualLoss(nn.Module):
         p = cfg.MODEL.PERCEP
         structure = tuple(p.STRUCTURE)
         if p.PRETRAINED_VGG:
-            arch = cls.pretrained_vgg_arch(cfg)
+            arch = vgg_arch(structure, tuple(p.WIDTHS), p.KERNEL_SIZE)
             if arch is None:
                 raise ValueError(
                     f"MODEL.PERCEP.PRETRAINED_VGG={p.PRETRAINED_VGG!r} needs a torchvision VGG: "
@@ -262,6 +231,33 @@ class PerceptualLoss(nn.Module):
         boxes: torch.Tensor | None = None,
         check_values: bool = True,
     ) -> torch.Tensor:
+        """The loss of ``pred`` against ``target`` (see the class docstring for the formula).
+
+        Args:
+            pred: (n, C, H, W) float — probabilities (after sigmoid/softmax) or a regression
+                map such as depth, not logits: the network is positively homogeneous, so the
+                loss scales with the square of the input scale.
+            target: (n, C, H, W), or with ``target_index`` (G, C, H, W) holding G distinct
+                target maps; float or bool. Embedded without grad.
+            reduction: ``"mean"`` → scalar; ``"none"`` → (n,) per-instance values (already
+                multiplied by ``loss_weight``). float32 (float64 for a float64 network).
+            target_index: optional (n,) integer tensor; instance i is compared with
+                ``target[target_index[i]]``, and each of the G targets is embedded once.
+            boxes: (n, 4) float XYXY in pixels of the (H, W) maps, required with
+                ``crop_margin`` (refused without). With ``target_index`` the targets are
+                embedded whole and their features cut to the window, and the target energy
+                outside the window is added back: the value is then exact whenever ``pred``
+                is 0 outside the box, whatever the target. Planning the windows copies
+                ``boxes`` to the host (one synchronisation).
+            check_values: check on the host that pred and target are finite and
+                target_index in range (one synchronisation, shared with the boxes' copy). A
+                caller whose inputs come from its own model (the CondInst head, where a
+                non-finite loss stops the training loop anyway) passes False: without boxes
+                the loss then never waits for the device.
+
+        With no instances the mean is 0 (still connected to ``pred``'s graph). The squared
+        differences and their reduction are computed in float32, also under autocast.
+        """
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if (boxes is None) != (self.crop_margin is None):

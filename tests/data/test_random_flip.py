@@ -42,7 +42,8 @@ def _flip_cfg(value):
 def test_vertical_flip_is_accepted_and_other_values_refused_by_key():
     for value in ("vertical", "horizontal", "none"):
         validate_cfg(_flip_cfg(value))
-    with pytest.raises(UnsupportedConfigError, match=r"INPUT.RANDOM_FLIP = 'diagonal': .*'vertical'"):
+    message = r"INPUT.RANDOM_FLIP = 'diagonal': .*'vertical'"
+    with pytest.raises(UnsupportedConfigError, match=message):
         validate_cfg(_flip_cfg("diagonal"))
 
 
@@ -61,7 +62,8 @@ def test_config_mapper_flips_rows_of_image_mask_and_box(record):
         assert flipped or torch.equal(out["image"], image)
         inst = out["instances"]
         assert torch.equal(inst.gt_masks, mask.flip(1) if flipped else mask)
-        torch.testing.assert_close(inst.gt_boxes, mirrored_box if flipped else plain["instances"].gt_boxes)
+        expected_box = mirrored_box if flipped else plain["instances"].gt_boxes
+        torch.testing.assert_close(inst.gt_boxes, expected_box)
         outcomes.add(flipped)
     assert outcomes == {True, False}
     # The mirrored box is the mirrored mask's tight box: x kept, y measured from the bottom.

@@ -218,7 +218,8 @@ class ResNet(nn.Module):
 
 
 def check_resnet_cfg(cfg: CfgNode, bad: Report) -> None:
-    """The checks of ``MODEL.RESNETS`` and ``MODEL.BACKBONE.FREEZE_AT`` (see ``collect_problems``)."""
+    """The checks of ``MODEL.RESNETS`` and ``MODEL.BACKBONE.FREEZE_AT`` (see
+    ``collect_problems``)."""
     r = cfg.MODEL.RESNETS
     check_choice(cfg, bad, "MODEL.RESNETS.DEPTH", NUM_BLOCKS_PER_STAGE)
     check_choice(

@@ -14,13 +14,7 @@ from fvcore.common.config import CfgNode
 
 from torch import nn
 
-from ...checkpoint import (
-    CheckpointMismatchError,
-    check_format_conventions,
-    load_model_weights,
-    read_checkpoint,
-    resolve_path,
-)
+from ...checkpoint import CheckpointMismatchError, Checkpointer
 from ...config import get_cfg
 from ...config.config import lookup
 from ...config.validate import check_cfg, collect_problems
@@ -65,7 +59,8 @@ def load_teacher_cfg(config_file: str) -> CfgNode:
 def check_teacher_cfg(student_cfg: CfgNode, teacher_cfg: CfgNode, config_file: str) -> None:
     """Raise ValueError naming every key in which the teacher cannot serve the student."""
     problems = [
-        f"{key}: teacher {_value(teacher_cfg, key)!r} vs student {_value(student_cfg, key)!r} ({why})"
+        f"{key}: teacher {_value(teacher_cfg, key)!r} vs student {_value(student_cfg, key)!r} "
+        f"({why})"
         for key, why in _MUST_MATCH.items()
         if _value(teacher_cfg, key) != _value(student_cfg, key)
     ]
@@ -111,9 +106,9 @@ def build_teacher(student_cfg: CfgNode, model_cls: type[nn.Module]) -> nn.Module
             f"MODEL.TEACHER.CONFIG_FILE = {t.CONFIG_FILE!r} first; its final checkpoint is "
             f"OUTPUT_DIR/model_final.pth"
         )
-    raw = read_checkpoint(resolve_path(weights))
-    check_format_conventions(raw.format, cfg, weights)
-    report = load_model_weights(teacher, raw.state_dict, source=weights, dropped=raw.dropped)
+    checkpointer = Checkpointer(teacher, cfg=cfg, save_to_disk=False)
+    checkpointer.load(weights)
+    report = checkpointer.last_report
     if report.missing or report.mismatched:
         raise CheckpointMismatchError(
             f"MODEL.TEACHER.WEIGHTS = {weights!r} does not hold the whole teacher "

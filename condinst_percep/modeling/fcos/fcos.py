@@ -14,7 +14,9 @@ from .fcos_head import HEAD_NORMS, FCOSHead
 from .fcos_outputs import BOX_QUALITIES, LOSS_NORMALIZERS, FCOSOutputs
 from .fcos_targets import compute_locations, flatten_predictions
 
-_TOPK_KEYS = ("PRE_NMS_TOPK_TRAIN", "PRE_NMS_TOPK_TEST", "POST_NMS_TOPK_TRAIN", "POST_NMS_TOPK_TEST")
+_TOPK_KEYS = (
+    "PRE_NMS_TOPK_TRAIN", "PRE_NMS_TOPK_TEST", "POST_NMS_TOPK_TRAIN", "POST_NMS_TOPK_TEST"
+)
 
 
 class FCOS(nn.Module):
@@ -38,14 +40,19 @@ class FCOS(nn.Module):
         check_choice(cfg, bad, "MODEL.FCOS.BOX_QUALITY", BOX_QUALITIES)
         check_choice(cfg, bad, "MODEL.FCOS.LOSS_NORMALIZER_CLS", LOSS_NORMALIZERS)
         check_choice(cfg, bad, "MODEL.FCOS.LOC_LOSS_TYPE", LOC_LOSS_TYPES)
-        check_choice(cfg, bad, "MODEL.FCOS.USE_RELU", (True,), "AdelaiDet ignores it and always applies ReLU")
+        check_choice(
+            cfg, bad, "MODEL.FCOS.USE_RELU", (True,), "AdelaiDet ignores it and always applies ReLU"
+        )
         check_choice(cfg, bad, "MODEL.FCOS.YIELD_PROPOSAL", (False,))
         check_choice(cfg, bad, "MODEL.FCOS.YIELD_BOX_FEATURES", (False,))
         if f.USE_DEFORMABLE:
             bad("MODEL.FCOS.USE_DEFORMABLE", "deformable convolutions are not implemented")
         outputs = backbone_output_names(cfg)
         if not f.IN_FEATURES or any(x not in outputs for x in f.IN_FEATURES):
-            bad("MODEL.FCOS.IN_FEATURES", f"must be a non-empty subset of the backbone outputs {outputs}")
+            bad(
+                "MODEL.FCOS.IN_FEATURES",
+                f"must be a non-empty subset of the backbone outputs {outputs}",
+            )
         expected_strides = [2 ** int(x[1:]) for x in f.IN_FEATURES if x[1:].isdigit()]
         if list(f.FPN_STRIDES) != expected_strides:
             bad("MODEL.FCOS.FPN_STRIDES", f"must be FCOS.IN_FEATURES' strides {expected_strides}")
