@@ -16,6 +16,7 @@ webcam; Esc stops).
 from __future__ import annotations
 
 import argparse
+import logging
 import glob
 import os
 import sys
@@ -160,7 +161,9 @@ def run_video(demo: Demo, capture: cv2.VideoCapture, name: str, output: str | No
 def main(argv: list[str] | None = None) -> list[int]:
     """Returns the number of instances shown per image or frame."""
     args = get_parser().parse_args(argv)
-    logger = setup_logger(name="condinst_percep")
+    # The logging set-up is the command line's (__main__), so that calling main() from
+    # Python leaves the caller's handlers alone.
+    logger = logging.getLogger("condinst_percep")
     cfg = setup_cfg(args)
     demo = Demo(cfg, args.confidence_threshold)
     if args.input:
@@ -174,5 +177,6 @@ def main(argv: list[str] | None = None) -> list[int]:
 
 
 if __name__ == "__main__":
+    setup_logger(name="condinst_percep")
     main()
     sys.exit(0)

@@ -16,6 +16,7 @@ eager and the exported model and both detection counts are printed.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -54,7 +55,9 @@ def sample_image(cfg, path: str | None) -> np.ndarray:
 def main(argv: list[str] | None = None) -> str:
     """Writes the exported file; returns its path."""
     args = get_parser().parse_args(argv)
-    logger = setup_logger(name="condinst_percep")
+    # The logging set-up is the command line's (__main__), so that calling main() from
+    # Python leaves the caller's handlers alone.
+    logger = logging.getLogger("condinst_percep")
     cfg = load_cfg(args.config_file, args.opts)
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialised model")
@@ -75,5 +78,6 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
+    setup_logger(name="condinst_percep")
     main()
     sys.exit(0)
