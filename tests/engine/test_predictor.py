@@ -1,24 +1,27 @@
 """Predictor against the model run directly on the same, independently resized inputs; the list
 call; the output size; a perceptual config's Predictor holds neither loss network nor teacher."""
 import gc
-import os
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from percep_helpers import tiny_cfg, tiny_percep_cfg, write_teacher  # noqa: E402
+from tests.conftest import tiny_cfg as _tiny_cfg
+from tests.percep_helpers import STUDENT, tiny_percep_cfg, write_teacher
 
-from condinst_percep import Predictor  # noqa: E402
-from condinst_percep.modeling import build_model  # noqa: E402
-from condinst_percep.modeling.condinst import CondInst  # noqa: E402
-from condinst_percep.modeling.condinst.dynamic_mask_head import DynamicMaskHead  # noqa: E402
-from condinst_percep.perceptual import PerceptualLoss  # noqa: E402
+from condinst_percep import Predictor
+from condinst_percep.modeling import build_model
+from condinst_percep.modeling.condinst import CondInst
+from condinst_percep.modeling.condinst.dynamic_mask_head import DynamicMaskHead
+from condinst_percep.perceptual import PerceptualLoss
 
 SIZES = {"INPUT.MIN_SIZE_TEST": 136, "INPUT.MAX_SIZE_TEST": 200}
+
+
+def tiny_cfg(**overrides):
+    """The perceptual tests' student (3 classes, every detection kept, up to 20) at small sizes."""
+    return _tiny_cfg(**{**STUDENT, **overrides})
 
 
 def _images():

@@ -3,23 +3,27 @@ Predictor on images of several sizes (one whose coarsest levels are 1 wide), a b
 one and an image without detections: same detections, scores within 1e-5, boxes within 1e-3
 px, at most 1e-4 of the mask pixels different."""
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from percep_helpers import tiny_cfg  # noqa: E402
+from tests.conftest import tiny_cfg as _tiny_cfg
+from tests.percep_helpers import STUDENT
 
-from condinst_percep import ExportedPredictor, Predictor  # noqa: E402
-from condinst_percep.modeling import build_model  # noqa: E402
+from condinst_percep import ExportedPredictor, Predictor
+from condinst_percep.modeling import build_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZES = {"INPUT.MIN_SIZE_TEST": 136, "INPUT.MAX_SIZE_TEST": 200}
+
+
+def tiny_cfg(**overrides):
+    """The perceptual tests' student (3 classes, every detection kept, up to 20) at small sizes."""
+    return _tiny_cfg(**{**STUDENT, **overrides})
 
 
 def _images():

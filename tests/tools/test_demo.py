@@ -3,21 +3,25 @@ the Predictor's on the decoded frames), on images (globs, PNGs at the input size
 camera."""
 import importlib.util
 import os
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from percep_helpers import tiny_cfg  # noqa: E402
+from tests.conftest import tiny_cfg as _tiny_cfg
+from tests.percep_helpers import STUDENT
 
-from condinst_percep import Predictor  # noqa: E402
-from condinst_percep.modeling import build_model  # noqa: E402
+from condinst_percep import Predictor
+from condinst_percep.modeling import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZES = {"INPUT.MIN_SIZE_TEST": 136, "INPUT.MAX_SIZE_TEST": 200}
+
+
+def tiny_cfg(**overrides):
+    """The perceptual tests' student (3 classes, every detection kept, up to 20) at small sizes."""
+    return _tiny_cfg(**{**STUDENT, **overrides})
 
 
 def _load_demo():
