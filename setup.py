@@ -21,5 +21,9 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        # ONNX export (torch.onnx's dynamo exporter) and running exported files.
+        "export": ["onnx", "onnxruntime", "onnxscript"],
+        "test": ["pytest", "onnx", "onnxruntime", "onnxscript"],
+    },
 )

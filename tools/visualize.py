@@ -20,7 +20,7 @@ import cv2
 import torch
 
 from condinst_percep.checkpoint import Checkpointer
-from condinst_percep.config import get_cfg
+from condinst_percep.config import load_cfg
 from condinst_percep.data import DatasetCatalog, DatasetMapper, MetadataCatalog, read_image
 from condinst_percep.engine import validate_cfg
 from condinst_percep.modeling import build_model
@@ -62,12 +62,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     """Writes one PNG per image; returns their paths."""
     args = parse_args(argv)
     logger = setup_logger(name="condinst_percep")
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError("MODEL.WEIGHTS is empty: pass the checkpoint, e.g. --opts MODEL.WEIGHTS model_final.pth")
+    cfg = load_cfg(args.config_file, args.opts, need_weights=True)
     if not 0.0 <= args.confidence_threshold <= 1.0:
         raise ValueError(f"--confidence-threshold {args.confidence_threshold} is not in [0, 1]")
 

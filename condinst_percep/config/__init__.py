@@ -14,10 +14,26 @@ def get_cfg() -> CfgNode:
     return _C.clone()
 
 
+def load_cfg(config_file: str, opts: list, need_weights: bool = False) -> CfgNode:
+    """The frozen config of a command line: defaults, then ``config_file``, then the KEY VALUE
+    ``opts``. ``need_weights``: refuse an empty ``MODEL.WEIGHTS`` (a tool that runs a trained
+    model) with the fix."""
+    cfg = get_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    if need_weights and not cfg.MODEL.WEIGHTS:
+        raise ValueError(
+            "MODEL.WEIGHTS is empty: pass the checkpoint, e.g. --opts MODEL.WEIGHTS model_final.pth"
+        )
+    return cfg
+
+
 __all__ = [
     "CfgNode",
     "ConfigFileError",
     "ConfigKeyError",
     "UnsupportedConfigError",
     "get_cfg",
+    "load_cfg",
 ]

@@ -2,6 +2,7 @@
 from .defaults import collect_env_info, default_argument_parser, default_setup, seed_all_rng
 from .hooks import EvalHook, IterationTimer, LRScheduler, PeriodicCheckpointer, PeriodicWriter
 from .launch import launch
+from .predictor import BasePredictor, Predictor, inference_cfg
 from .solver import (
     build_gradient_clipper,
     build_lr_scheduler,
@@ -13,6 +14,9 @@ from .trainer import Trainer, auto_scale_workers, create_ddp_model, default_writ
 from .validate import validate_cfg
 
 __all__ = [
+    "BasePredictor",
+    "Predictor",
+    "inference_cfg",
     "EvalHook",
     "HookBase",
     "IterationTimer",

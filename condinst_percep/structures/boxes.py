@@ -6,22 +6,28 @@ import torch
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """``(N, 4)`` XYXY -> ``(N,)`` areas ``(x2 - x1) * (y2 - y1)``, in the boxes' dtype."""
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    """``(..., 4)`` XYXY -> ``(...)`` areas ``(x2 - x1) * (y2 - y1)``, in the boxes' dtype."""
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes paired by broadcasting, ``(..., 4), (..., 4) -> (...)``; 0 where the boxes
+    do not intersect.
+
+    Same arithmetic, operation for operation, as detectron2's ``pairwise_iou`` and
+    torchvision's NMS kernel: ``inter / (area1 + area2 - inter)`` with areas
+    ``(x2 - x1) * (y2 - y1)`` (no +1), so a float32 result is bit-identical to theirs.
+    """
+    width = torch.min(boxes1[..., 2], boxes2[..., 2]) - torch.max(boxes1[..., 0], boxes2[..., 0])
+    height = torch.min(boxes1[..., 3], boxes2[..., 3]) - torch.max(boxes1[..., 1], boxes2[..., 1])
+    inter = width.clamp(min=0) * height.clamp(min=0)
+    union = box_area(boxes1) + box_area(boxes2) - inter
+    return torch.where(inter > 0, inter / union, inter.new_zeros(()))
 
 
 def pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """IoU of every pair, ``(N, 4), (M, 4) -> (N, M)``; 0 where the boxes do not intersect.
-
-    Same arithmetic as detectron2's ``pairwise_iou`` and torchvision's NMS kernel:
-    ``inter / (area1 + area2 - inter)`` with areas ``(x2 - x1) * (y2 - y1)`` (no +1).
-    """
-    area1, area2 = box_area(boxes1), box_area(boxes2)
-    width_height = torch.min(boxes1[:, None, 2:], boxes2[:, 2:]) - torch.max(
-        boxes1[:, None, :2], boxes2[:, :2]
-    )
-    inter = width_height.clamp(min=0).prod(dim=2)
-    return torch.where(inter > 0, inter / (area1[:, None] + area2 - inter), inter.new_zeros(()))
+    """IoU of every pair, ``(N, 4), (M, 4) -> (N, M)`` (:func:`box_iou`)."""
+    return box_iou(boxes1[:, None], boxes2[None])
 
 
 def clip_boxes(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:

@@ -208,42 +208,66 @@ class CondInst(nn.Module):
     # ------------------------------------------------------------------------------ forward
     def forward(self, batched_inputs: list[dict]):
         images, image_sizes = self.preprocess_image(batched_inputs)
-        if self.training:
-            num_classes = self.proposal_generator.fcos_outputs.num_classes
-            need_masks = self.box_targets is None
-            gt_instances = [
-                check_gt_instances(i, x, num_classes, need_masks)
-                for i, x in enumerate(batched_inputs)
-            ]
-            gt_instances = [g.to(self.device, non_blocking=True) for g in gt_instances]
+        if not self.training:
+            dense = self.dense_outputs(images)
+            return self.decode(dense, batched_inputs, image_sizes, images.shape[-2:])
+        num_classes = self.proposal_generator.fcos_outputs.num_classes
+        need_masks = self.box_targets is None
+        gt_instances = [
+            check_gt_instances(i, x, num_classes, need_masks) for i, x in enumerate(batched_inputs)
+        ]
+        gt_instances = [g.to(self.device, non_blocking=True) for g in gt_instances]
         features = self.backbone(images)
         self.proposal_generator.check_grid(features, images.shape[-2:])
-        if self.training:
-            if self.box_targets is not None:
-                self.box_targets(gt_instances, batched_inputs, tuple(images.shape[-2:]))
-            else:
-                self.add_bitmasks(gt_instances, images.shape[-2], images.shape[-1])
-            mask_feats = self.mask_branch(features)
-            # AdelaiDet's order: semantic, then FCOS, then mask losses.
-            losses = self.mask_branch.losses(features, gt_instances, images.shape[-2:])
-            extras, fcos_losses = self.proposal_generator(
-                image_sizes, features, gt_instances, self.controller
-            )
-            losses.update(fcos_losses)
-            pred_instances = self.sample_instances(extras["instances"], gt_instances)
-            pred_instances.mask_head_params = pred_instances.top_feats
-            losses.update(
-                self.mask_head(
-                    mask_feats, self.mask_branch.out_stride, pred_instances, gt_instances,
-                    images=images,
-                )
-            )
-            return losses
+        if self.box_targets is not None:
+            self.box_targets(gt_instances, batched_inputs, tuple(images.shape[-2:]))
+        else:
+            self.add_bitmasks(gt_instances, images.shape[-2], images.shape[-1])
         mask_feats = self.mask_branch(features)
-        detections, _ = self.proposal_generator(image_sizes, features, None, self.controller)
-        return self.inference(
-            detections, mask_feats, batched_inputs, image_sizes, images.shape[-2:]
+        # AdelaiDet's order: semantic, then FCOS, then mask losses.
+        losses = self.mask_branch.losses(features, gt_instances, images.shape[-2:])
+        extras, fcos_losses = self.proposal_generator(
+            image_sizes, features, gt_instances, self.controller
         )
+        losses.update(fcos_losses)
+        pred_instances = self.sample_instances(extras["instances"], gt_instances)
+        pred_instances.mask_head_params = pred_instances.top_feats
+        losses.update(
+            self.mask_head(
+                mask_feats, self.mask_branch.out_stride, pred_instances, gt_instances,
+                images=images,
+            )
+        )
+        return losses
+
+    def dense_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The part of inference whose shapes are known from the input's: backbone, FPN, FCOS
+        head with the controller, mask branch. ``images`` (N, 3, Hp, Wp) float32, normalised
+        and padded (:meth:`preprocess_image`). Returns a flat tuple (what an exported graph
+        returns): per level ``l`` of ``L`` the class logits (N, C, H_l, W_l), box regression
+        (N, 4, H_l, W_l), centerness (N, 1, H_l, W_l), controller outputs (N, G, H_l, W_l),
+        all level by level in that order (``4 L`` tensors), then ``mask_feats`` (N, M, Hp/8,
+        Wp/8). :meth:`decode` takes it."""
+        features = self.backbone(images)
+        self.proposal_generator.check_grid(features, images.shape[-2:])
+        fcos = self.proposal_generator
+        head = fcos.fcos_head([features[f] for f in fcos.in_features], self.controller)
+        return (*(t for level in zip(*head) for t in level), self.mask_branch(features))
+
+    def decode(
+        self,
+        dense: tuple[torch.Tensor, ...],
+        batched_inputs: list[dict],
+        image_sizes: list[tuple[int, int]],
+        padded_size: tuple[int, int],
+    ) -> list[dict]:
+        """Inference from :meth:`dense_outputs` (eager or an exported graph's): FCOS decoding
+        and NMS per image, the dynamic mask head on the detections, masks pasted at each
+        input's ``height`` x ``width``. Returns ``[{"instances": Instances}]``."""
+        *per_level, mask_feats = dense
+        logits, reg, ctrness, top_feats = (list(per_level[k::4]) for k in range(4))
+        detections = self.proposal_generator.predict(image_sizes, logits, reg, ctrness, top_feats)
+        return self.inference(detections, mask_feats, batched_inputs, image_sizes, padded_size)
 
     def controller_outputs(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Controller outputs at every FCOS location, (P_all, num_gen_params), flattened

@@ -161,16 +161,27 @@ class FCOS(nn.Module):
         ``image_sizes`` are the un-padded network input sizes (h, w) of the images.
         """
         features = [features[f] for f in self.in_features]
-        locations = self.compute_locations(features)
         logits, reg, ctrness, top_feats = self.fcos_head(features, top_module)
         if self.training:
             return self.fcos_outputs.losses(
-                logits, reg, ctrness, locations, gt_instances, top_feats
+                logits, reg, ctrness, self.compute_locations(features), gt_instances, top_feats
             )
-        detections = self.fcos_outputs.predict_proposals(
+        return self.predict(image_sizes, logits, reg, ctrness, top_feats), {}
+
+    def predict(
+        self,
+        image_sizes: list[tuple[int, int]],
+        logits: list[torch.Tensor],
+        reg: list[torch.Tensor],
+        ctrness: list[torch.Tensor],
+        top_feats: list[torch.Tensor] | None = None,
+    ) -> list[Instances]:
+        """Detections per image from the head's outputs per level (``FCOSHead.forward``), the
+        locations computed from their sizes (see ``FCOSOutputs.predict_proposals``)."""
+        locations = self.compute_locations(logits)
+        return self.fcos_outputs.predict_proposals(
             logits, reg, ctrness, locations, image_sizes, top_feats
         )
-        return detections, {}
 
     def flat_top_feats(
         self, features: dict[str, torch.Tensor], top_module: nn.Module
