@@ -236,8 +236,8 @@ def test_mask_loss_is_dice_mean_and_zero_but_connected_without_instances():
 def test_mask_head_is_pluggable_through_the_registry():
     @MASK_HEAD_REGISTRY.register()
     class _ExtraLossHead(DynamicMaskHead):
-        def losses(self, mask_logits, instances, gt_instances):
-            losses = super().losses(mask_logits, instances, gt_instances)
+        def losses(self, mask_logits, instances, gt_instances, images=None):
+            losses = super().losses(mask_logits, instances, gt_instances, images)
             losses["loss_extra"] = mask_logits.float().sigmoid().mean() if len(instances) else mask_logits.sum() * 0
             return losses
 
@@ -362,9 +362,9 @@ def test_teacher_path_reproduces_the_students_own_mask_logits():
 
     @MASK_HEAD_REGISTRY.register()
     class _RecordingHead(DynamicMaskHead):
-        def losses(self, mask_logits, instances, gt_instances):
-            seen["logits"], seen["instances"] = mask_logits.detach(), instances
-            return super().losses(mask_logits, instances, gt_instances)
+        def losses(self, mask_logits, instances, gt_instances, images=None):
+            seen["logits"], seen["instances"], seen["images"] = mask_logits.detach(), instances, images
+            return super().losses(mask_logits, instances, gt_instances, images)
 
     cfg = _small_cfg(**{"MODEL.CONDINST.MAX_PROPOSALS": 7})
     cfg.MODEL.CONDINST.MASK_HEAD.NAME = "_RecordingHead"
@@ -377,13 +377,9 @@ def test_teacher_path_reproduces_the_students_own_mask_logits():
         student(batch)
         teacher = build_model(_small_cfg()).eval()
         teacher.load_state_dict(student.state_dict())
-        logits = teacher.mask_logits_at(batch, seen["instances"])
+        logits = teacher.mask_logits_on(seen["images"], seen["instances"])
     assert len(seen["instances"]) == 7
     torch.testing.assert_close(logits, seen["logits"])
-    shifted = seen["instances"][:]
-    shifted.locations = shifted.locations + 8
-    with pytest.raises(ValueError, match="locations"):
-        teacher.mask_logits_at(batch, shifted)
 
 
 def test_inference_under_bf16_autocast(small_model):

@@ -4,6 +4,7 @@ targets, TOPK sampling) and in the training loop (one read per iteration)."""
 import collections
 import os
 import re
+import runpy
 import sys
 
 import pytest
@@ -310,8 +311,8 @@ def test_one_training_iteration_reads_the_host_once_in_the_loop():
 @pytest.mark.slow
 def test_audit_command_runs_the_trainer_on_the_configs_data(tmp_path, capsys):
     from condinst_percep.data import generate_shapes
-    from condinst_percep.utils.host_sync import main
 
+    main = runpy.run_path(os.path.join(os.path.dirname(TESTS), "tools", "host_sync.py"))["main"]
     json_file = generate_shapes(str(tmp_path), num_images=2, min_size=48, max_size=64, seed=0,
                                 max_objects=2)
     dataset = f"coco:{json_file}:{tmp_path / 'images'}"

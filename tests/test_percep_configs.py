@@ -5,7 +5,7 @@ import pytest
 
 from condinst_percep.config import get_cfg, validate_cfg
 from condinst_percep.modeling import build_model
-from condinst_percep.modeling.teacher import check_teacher_cfg, load_teacher_cfg
+from condinst_percep.modeling.condinst.teacher import check_teacher_cfg, load_teacher_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

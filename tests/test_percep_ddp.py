@@ -14,7 +14,10 @@ from percep_helpers import make_batch, tiny_percep_cfg, write_teacher  # noqa: E
 
 
 def _two_steps(rank, config_file, weights):
-    """(rank, loss_percep of both steps, whether the replicas are identical afterwards)."""
+    """(rank, loss_percep of both steps, whether the replicas are identical afterwards), and the
+    last collective's tensors, which the caller keeps until the group is destroyed: a gloo worker
+    thread that drops the last reference to them during interpreter shutdown needs the GIL and
+    aborts the process (see ``destroy_process_group``)."""
     from torch.nn.parallel import DistributedDataParallel
 
     from condinst_percep.modeling import build_model
@@ -40,15 +43,18 @@ def _two_steps(rank, config_file, weights):
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(2)]
     dist.all_gather(gathered, flat)
-    return rank, percep, bool(torch.equal(gathered[0], gathered[1]))
+    return (rank, percep, bool(torch.equal(gathered[0], gathered[1]))), (flat, gathered)
 
 
 def _worker(rank, init_file, config_file, weights, results):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    keep = None
     try:
-        results.put(_two_steps(rank, config_file, weights))
+        result, keep = _two_steps(rank, config_file, weights)
+        results.put(result)
     finally:
         destroy_process_group()
+    del keep
 
 
 @pytest.mark.slow

@@ -2,17 +2,16 @@
 
 ``DatasetCatalog.register(name, func)`` stores a function returning the dataset as a list of
 dicts; ``DatasetCatalog.get(name)`` calls it. ``MetadataCatalog.get(name)`` returns the
-:class:`Metadata` of that name (created empty on first use). A name of the form
-``coco:JSON_FILE:IMAGE_ROOT`` needs no registration: it is registered as a COCO-format
-dataset the first time either catalog sees it, so it can be given on the command line.
+:class:`Metadata` of that name (created empty on first use). A reader of a dataset format can
+make names with a prefix need no registration (``DatasetCatalog.register_prefix``): such a
+name is registered the first time either catalog sees it, so it can be given on the command
+line (``coco:JSON_FILE:IMAGE_ROOT``, which ``coco.py`` registers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-
-COCO_NAME_PREFIX = "coco:"
 
 
 class Metadata:
@@ -56,21 +55,10 @@ class Metadata:
         return f"Metadata(name={self.name!r}, {fields})"
 
 
-def _register_coco_name(name: str) -> None:
-    """Registers a ``coco:JSON_FILE:IMAGE_ROOT`` name (split at the last colon)."""
-    from .coco import register_coco_instances
-
-    json_file, sep, image_root = name[len(COCO_NAME_PREFIX) :].rpartition(":")
-    if not sep or not json_file or not image_root:
-        raise KeyError(
-            f"Dataset name '{name}' is not of the form 'coco:JSON_FILE:IMAGE_ROOT'"
-        )
-    register_coco_instances(name, {}, json_file, image_root)
-
-
 class _DatasetCatalog:
     def __init__(self) -> None:
         self._funcs: dict[str, Callable[[], list[dict]]] = {}
+        self._prefixes: dict[str, tuple[Callable[[str], None], str]] = {}
 
     def register(self, name: str, func: Callable[[], list[dict]]) -> None:
         if not callable(func):
@@ -79,15 +67,30 @@ class _DatasetCatalog:
             raise ValueError(f"Dataset '{name}' is already registered")
         self._funcs[name] = func
 
+    def register_prefix(self, prefix: str, register: Callable[[str], None], hint: str) -> None:
+        """Names starting with ``prefix`` need no registration: the first time either catalog
+        sees one, ``register(name)`` registers it. ``hint`` (how to register a dataset of that
+        kind) completes the error for an unknown name."""
+        if prefix in self._prefixes:
+            raise ValueError(f"Dataset name prefix '{prefix}' is already registered")
+        self._prefixes[prefix] = (register, hint)
+
+    def register_by_prefix(self, name: str) -> None:
+        """Registers ``name`` through the hook of its prefix, if it has one."""
+        for prefix, (register, _) in self._prefixes.items():
+            if name.startswith(prefix):
+                register(name)
+                return
+
     def get(self, name: str) -> list[dict]:
         """Calls the registered function; raises ``KeyError`` naming the known datasets."""
-        if name not in self._funcs and name.startswith(COCO_NAME_PREFIX):
-            _register_coco_name(name)
         if name not in self._funcs:
+            self.register_by_prefix(name)
+        if name not in self._funcs:
+            hints = " or ".join(hint for _, hint in self._prefixes.values())
             raise KeyError(
                 f"Dataset '{name}' is not registered. Known datasets: {', '.join(self.list())}. "
-                "Register it with register_coco_instances(name, {}, json_file, image_root) or "
-                f"name it '{COCO_NAME_PREFIX}JSON_FILE:IMAGE_ROOT'."
+                f"Register it with {hints or 'DatasetCatalog.register(name, func)'}."
             )
         try:
             return self._funcs[name]()
@@ -112,12 +115,8 @@ class _MetadataCatalog:
 
     def get(self, name: str) -> Metadata:
         """Returns the metadata of ``name``, creating an empty one on first access."""
-        if (
-            name not in self._metadata
-            and name.startswith(COCO_NAME_PREFIX)
-            and name not in DatasetCatalog
-        ):
-            _register_coco_name(name)
+        if name not in self._metadata and name not in DatasetCatalog:
+            DatasetCatalog.register_by_prefix(name)
         if name not in self._metadata:
             self._metadata[name] = Metadata(name)
         return self._metadata[name]

@@ -20,6 +20,9 @@ from .validation import BadDataReport, active_report
 
 logger = logging.getLogger(__name__)
 
+# Dataset names of this form need no registration (see register_coco_name).
+COCO_NAME_PREFIX = "coco:"
+
 
 @contextlib.contextmanager
 def _gc_paused():
@@ -161,3 +164,21 @@ def register_coco_instances(name: str, metadata: dict, json_file: str, image_roo
     MetadataCatalog.get(name).set(
         json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata
     )
+
+
+def register_coco_name(name: str) -> None:
+    """Registers a ``coco:JSON_FILE:IMAGE_ROOT`` name (split at the last colon)."""
+    json_file, sep, image_root = name[len(COCO_NAME_PREFIX) :].rpartition(":")
+    if not sep or not json_file or not image_root:
+        raise KeyError(
+            f"Dataset name '{name}' is not of the form '{COCO_NAME_PREFIX}JSON_FILE:IMAGE_ROOT'"
+        )
+    register_coco_instances(name, {}, json_file, image_root)
+
+
+DatasetCatalog.register_prefix(
+    COCO_NAME_PREFIX,
+    register_coco_name,
+    "register_coco_instances(name, {}, json_file, image_root) or name it "
+    f"'{COCO_NAME_PREFIX}JSON_FILE:IMAGE_ROOT'",
+)

@@ -8,7 +8,6 @@ from torch import nn
 
 from ..config import validate_cfg
 from .condinst import CondInst
-from .teacher import build_teacher
 
 
 def build_model(cfg) -> nn.Module:
@@ -43,4 +42,4 @@ def check_device(device: str) -> None:
         )
 
 
-__all__ = ["CondInst", "build_model", "build_teacher"]
+__all__ = ["CondInst", "build_model", "check_device"]

@@ -18,10 +18,7 @@ Code that reads tensors which are on the host by design (the data loader's CPU t
 checked before they are moved to the device) can be set apart with ``allow``; see
 :data:`HOST_SIDE_BY_DESIGN`.
 
-Command line (one training iteration of ``train_net.py``'s trainer on one batch of the
-config's training set, at the config's device; prints the points)::
-
-    python -m condinst_percep.utils.host_sync --config-file CONFIG [KEY VALUE ...]
+``tools/host_sync.py`` runs it over one training iteration of a config's trainer.
 """
 from __future__ import annotations
 
@@ -202,46 +199,3 @@ class HostSyncAudit:
             lines += [f"{n:5d}  {key}" for key, n in self.allowed.most_common()]
             lines += [f"       {k}: {self.allow[k]}" for k in sorted(self._allow_keys_used)]
         return "\n".join(lines)
-
-
-def audit_training_step(cfg) -> HostSyncAudit:
-    """Audits one ``Trainer.run_step`` (forward, backward, checks, optimizer step) of the model
-    ``cfg`` describes, on the first batch of its training loader fetched beforehand, with
-    :data:`HOST_SIDE_BY_DESIGN` allowed. ``cfg.OUTPUT_DIR`` receives the trainer's writers'
-    files; ``MODEL.WEIGHTS`` is not loaded (the weights do not change where the host waits)."""
-    from ..data import build_detection_train_loader
-    from ..engine import Trainer
-    from .events import EventStorage
-
-    trainer = Trainer(cfg)
-    trainer.data_loader = [next(iter(build_detection_train_loader(cfg)))]
-    with EventStorage(0), HostSyncAudit(allow=HOST_SIDE_BY_DESIGN) as audit:
-        trainer.run_step()
-    return audit
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-    import tempfile
-
-    from ..config import get_cfg
-
-    parser = argparse.ArgumentParser(
-        prog="python -m condinst_percep.utils.host_sync",
-        description="Lists where one training iteration makes the host wait for the device.",
-    )
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    with tempfile.TemporaryDirectory() as output_dir:
-        cfg.OUTPUT_DIR = output_dir
-        audit = audit_training_step(cfg)
-    print(audit.report())
-    print(f"total {audit.total} (allowed {sum(audit.allowed.values())})")
-
-
-if __name__ == "__main__":
-    main()

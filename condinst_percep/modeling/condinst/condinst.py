@@ -12,10 +12,11 @@ from ...layers import aligned_bilinear, guard_batch_statistics
 from ...layers.host_values import segment_ids
 from ...structures import Instances, clip_boxes, nonempty_boxes, scale_boxes
 from ..fcos import FCOS
-from ..fcos.fcos_targets import compute_locations, mask_centroids
+from ..fcos.fcos_targets import mask_centroids
 from .dynamic_mask_head import build_mask_head
 from .inputs import check_gt_instances, check_image
 from .mask_branch import MaskBranch
+from .teacher import build_teacher, wants_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,10 @@ class CondInst(nn.Module):
         backbone = build_backbone(cfg)
         output_shape = backbone.output_shape()
         proposal_generator = FCOS(**FCOS.from_config(cfg, output_shape))
-        mask_head = build_mask_head(cfg)
+        # Built here, between the student's parts, so that the student's initialisation draws
+        # the same random numbers as when the head built its own teacher.
+        teacher = build_teacher(cfg, cls) if wants_teacher(cfg) else None
+        mask_head = build_mask_head(cfg, teacher=teacher)
         mask_branch = MaskBranch(**MaskBranch.from_config(cfg, output_shape))
         controller = nn.Conv2d(
             proposal_generator.in_channels_to_top_module, mask_head.num_gen_params,
@@ -172,7 +176,7 @@ class CondInst(nn.Module):
             losses.update(
                 self.mask_head(
                     mask_feats, self.mask_branch.out_stride, pred_instances, gt_instances,
-                    batched_inputs=batched_inputs, images=images,
+                    images=images,
                 )
             )
             return losses
@@ -187,34 +191,6 @@ class CondInst(nn.Module):
         level-major like the training targets: a teacher indexes them with the student's
         ``pos_inds`` (same padded batch, same strides)."""
         return self.proposal_generator.flat_top_feats(features, self.controller)
-
-    def mask_logits_at(self, batched_inputs: list[dict], instances: Instances) -> torch.Tensor:
-        """This model's mask logits for instances found by another CondInst (the student) on the
-        same inputs, after this model's own preprocessing: :meth:`mask_logits_on` of
-        ``preprocess_image(batched_inputs)``.
-
-        This model's padding may differ from the student's, so the instances' ``locations``
-        are compared with this model's grid at ``pos_inds`` first (a host read of device
-        values; the training step uses :meth:`mask_logits_on`, which needs none). Raises
-        ValueError if they differ.
-        """
-        images, _ = self.preprocess_image(batched_inputs)
-        fcos = self.proposal_generator
-        grid = torch.cat(
-            [
-                compute_locations(h, w, stride, images.device).repeat(len(images), 1)
-                for (h, w), stride in zip(fcos.grid_sizes(images.shape[-2:]), fcos.fpn_strides)
-            ]
-        )
-        if len(instances) and (
-            int(instances.pos_inds.max()) >= len(grid)
-            or not torch.equal(grid[instances.pos_inds], instances.locations.to(grid.dtype))
-        ):
-            raise ValueError(
-                "mask_logits_at: this model's FCOS locations differ from the student's at "
-                "pos_inds (different size_divisibility, FCOS.FPN_STRIDES or inputs)"
-            )
-        return self.mask_logits_on(images, instances)
 
     def mask_logits_on(self, images: torch.Tensor, instances: Instances) -> torch.Tensor:
         """This model's mask logits for instances found by another CondInst (the student) on the

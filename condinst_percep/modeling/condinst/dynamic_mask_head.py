@@ -1,15 +1,17 @@
 """CondInst's dynamic mask head: a tiny per-instance FCN whose weights come from the controller.
 
-Extension points (used by the perceptual-loss head and the teacher):
+Extension points (used by the perceptual-loss head and the teacher; see docs/condinst.md):
 
+- :meth:`DynamicMaskHead.losses` turns the mask logits into the loss dict. It is *the* place a
+  subclass changes training: ``forward`` computes the logits once and calls it, so a subclass
+  overrides ``losses`` only, calls ``super().losses(...)`` and adds its entries (e.g.
+  ``loss_percep``) computed on exactly the same instances.
 - :meth:`DynamicMaskHead.mask_logits` computes mask logits ``(n, 1, Hp/4, Wp/4)`` from
   ``mask_feats`` and an Instances carrying ``locations``, ``im_inds``, ``fpn_levels`` and
   ``mask_head_params``; a teacher calls it with its own ``mask_feats`` and controller outputs.
-- :meth:`DynamicMaskHead.losses` turns logits into the loss dict; a subclass overrides it and
-  adds entries (e.g. ``loss_percep``) computed on exactly the same instances.
 - The class used by ``CondInst`` is looked up in :data:`MASK_HEAD_REGISTRY` under
-  ``cfg.MODEL.CONDINST.MASK_HEAD.NAME`` if that key exists, else ``"DynamicMaskHead"``
-  (see :func:`build_mask_head`), so a subclass plugs in without editing the meta-architecture.
+  ``cfg.MODEL.CONDINST.MASK_HEAD.NAME`` (see :func:`build_mask_head`), so a subclass plugs in
+  without editing the meta-architecture.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ MASK_HEAD_REGISTRY = Registry("MASK_HEAD")
 MASK_HEAD_REGISTRY.__doc__ = """Mask heads of CondInst, built as ``cls(**cls.from_config(cfg))``."""
 
 
-def build_mask_head(cfg) -> nn.Module:
-    """The mask head named ``cfg.MODEL.CONDINST.MASK_HEAD.NAME`` (default ``DynamicMaskHead``)."""
-    name = cfg.MODEL.CONDINST.MASK_HEAD.get("NAME", "DynamicMaskHead")
+def build_mask_head(cfg, teacher: nn.Module | None = None) -> nn.Module:
+    """The mask head named ``cfg.MODEL.CONDINST.MASK_HEAD.NAME``; ``teacher`` (a frozen model
+    whose masks are the head's targets) goes to ``from_config(cfg, teacher=teacher)`` of a
+    head that takes one."""
+    name = cfg.MODEL.CONDINST.MASK_HEAD.NAME
     if name not in MASK_HEAD_REGISTRY:
         raise ValueError(
             f"MODEL.CONDINST.MASK_HEAD.NAME = {name!r} is not registered; registered: "
             f"{sorted(k for k, _ in MASK_HEAD_REGISTRY)}"
         )
     head_cls = MASK_HEAD_REGISTRY.get(name)
-    return head_cls(**head_cls.from_config(cfg))
+    if teacher is None:
+        return head_cls(**head_cls.from_config(cfg))
+    return head_cls(**head_cls.from_config(cfg, teacher=teacher))
 
 
 def parse_dynamic_params(
@@ -175,7 +181,11 @@ class DynamicMaskHead(nn.Module):
         return gt_bitmasks[instances.gt_inds].unsqueeze(1).float()
 
     def losses(
-        self, mask_logits: torch.Tensor, instances: Instances, gt_instances: list[Instances]
+        self,
+        mask_logits: torch.Tensor,
+        instances: Instances,
+        gt_instances: list[Instances],
+        images: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """``{"loss_mask": mean dice loss}`` over the n instances (float32).
 
@@ -183,10 +193,14 @@ class DynamicMaskHead(nn.Module):
             mask_logits: (n, 1, Hp/4, Wp/4) from :meth:`mask_logits`.
             instances: the sampled positive locations (FCOS fields plus ``mask_head_params``;
                 ``gt_inds`` is used here).
-            gt_instances: per image, with ``gt_bitmasks`` (G, Hp/4, Wp/4) float32.
+            gt_instances: per image, with ``gt_bitmasks`` (G, Hp/4, Wp/4) float32 and the
+                fields the meta-architecture adds (``gt_boxes``, ``gt_centroids``, ...).
+            images: (N, 3, Hp, Wp) float32, the normalised padded batch the backbone saw, for
+                a subclass whose loss looks at the images (a teacher run on them); unused here.
 
-        Subclasses add their own terms here; for n == 0 every term must stay connected to the
-        graph (e.g. ``mask_logits.sum() * 0``, which is what ``loss_mask`` does).
+        Subclasses override this method (not ``forward``) and add their own terms; for n == 0
+        every term must stay connected to the graph (e.g. ``mask_logits.sum() * 0``, which is
+        what ``loss_mask`` does).
         """
         if len(instances) == 0:
             return {"loss_mask": mask_logits.sum().float() * 0}
@@ -200,20 +214,15 @@ class DynamicMaskHead(nn.Module):
         mask_feat_stride: int,
         pred_instances: Instances,
         gt_instances: list[Instances] | None = None,
-        batched_inputs: list[dict] | None = None,
         images: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor] | Instances:
-        """Training: the loss dict of :meth:`losses`. Inference: ``pred_instances`` with
-        ``pred_global_masks`` = sigmoid of the logits, (n, 1, Hp/4, Wp/4).
-
-        ``batched_inputs`` (the model's raw inputs) and ``images`` (the normalised, padded
-        (N, 3, Hp, Wp) float batch the backbone saw) are passed in training so that a subclass
-        can run another model (a teacher) on the same images; this class uses neither.
-        """
+        """Training: the loss dict of :meth:`losses` on the logits of ``pred_instances``
+        (``gt_instances`` and ``images`` are passed on to it). Inference: ``pred_instances``
+        with ``pred_global_masks`` = sigmoid of the logits, (n, 1, Hp/4, Wp/4)."""
         if self.training:
             self._iter += 1
             logits = self.mask_logits(mask_feats, mask_feat_stride, pred_instances)
-            return self.losses(logits, pred_instances, gt_instances)
+            return self.losses(logits, pred_instances, gt_instances, images)
         pred_instances.pred_global_masks = self.mask_logits(
             mask_feats, mask_feat_stride, pred_instances
         ).sigmoid()

@@ -77,7 +77,9 @@ class PercepMaskHead(DynamicMaskHead):
         self.__dict__["teacher"] = teacher
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    def from_config(cls, cfg, teacher: nn.Module | None = None) -> dict:
+        """``teacher``: the frozen model of ``MODEL.TEACHER`` (``CondInst.from_config`` builds
+        it), required with ``MODEL.PERCEP.TARGET`` "teacher"."""
         p = cfg.MODEL.PERCEP
         speed_keys = (("CROP_MARGIN", int), ("CROP_APPROXIMATE", bool), ("CHANNELS_LAST", bool))
         for key, kind in speed_keys:
@@ -90,11 +92,6 @@ class PercepMaskHead(DynamicMaskHead):
             percep_loss = PerceptualLoss(**PerceptualLoss.from_config(cfg, in_channels=1))
         except ValueError as e:
             raise ValueError(f"MODEL.PERCEP: {e}") from e
-        teacher = None
-        if p.TARGET == "teacher":
-            from ..teacher import build_teacher
-
-            teacher = build_teacher(cfg)
         return dict(
             super().from_config(cfg),
             percep_loss=percep_loss,
@@ -113,23 +110,18 @@ class PercepMaskHead(DynamicMaskHead):
             self.teacher._apply(fn)
         return self
 
-    def forward(
+    def losses(
         self,
-        mask_feats: torch.Tensor,
-        mask_feat_stride: int,
-        pred_instances: Instances,
-        gt_instances: list[Instances] | None = None,
-        batched_inputs: list[dict] | None = None,
+        mask_logits: torch.Tensor,
+        instances: Instances,
+        gt_instances: list[Instances],
         images: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor] | Instances:
-        """As :meth:`DynamicMaskHead.forward`; in training the dict also holds ``loss_percep``
-        (float32 scalar). ``images`` (the student's padded batch) is required with a teacher."""
-        if not self.training:
-            return super().forward(mask_feats, mask_feat_stride, pred_instances)
-        self._iter += 1
-        logits = self.mask_logits(mask_feats, mask_feat_stride, pred_instances)
-        losses = self.losses(logits, pred_instances, gt_instances)
-        losses["loss_percep"] = self.perceptual_loss(logits, pred_instances, gt_instances, images)
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`DynamicMaskHead.losses` plus ``loss_percep`` (float32 scalar, see
+        :meth:`perceptual_loss`) on the same instances. ``images`` (the student's padded batch)
+        is required with a teacher."""
+        losses = super().losses(mask_logits, instances, gt_instances)
+        losses["loss_percep"] = self.perceptual_loss(mask_logits, instances, gt_instances, images)
         return losses
 
     def perceptual_loss(

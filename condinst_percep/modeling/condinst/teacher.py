@@ -12,16 +12,17 @@ import os
 
 from fvcore.common.config import CfgNode
 
-from ..checkpoint import (
+from torch import nn
+
+from ...checkpoint import (
     CheckpointMismatchError,
     check_format_conventions,
     load_model_weights,
     read_checkpoint,
     resolve_path,
 )
-from ..config import get_cfg, validate_cfg
-from ..config.validate import backbone_output_names
-from .condinst import CondInst
+from ...config import get_cfg, validate_cfg
+from ...config.validate import backbone_output_names
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,15 @@ def check_teacher_cfg(student_cfg: CfgNode, teacher_cfg: CfgNode, config_file: s
         )
 
 
-def build_teacher(student_cfg: CfgNode) -> CondInst:
-    """The frozen teacher named by ``student_cfg.MODEL.TEACHER``: built on the CPU (the
-    student's head moves it along with the student), weights loaded, eval mode, no grad.
+def wants_teacher(cfg: CfgNode) -> bool:
+    """Whether ``cfg`` trains with a teacher's masks as perceptual targets."""
+    return cfg.MODEL.PERCEP.ENABLED and cfg.MODEL.PERCEP.TARGET == "teacher"
+
+
+def build_teacher(student_cfg: CfgNode, model_cls: type[nn.Module]) -> nn.Module:
+    """The frozen teacher named by ``student_cfg.MODEL.TEACHER``, a ``model_cls`` (the
+    student's meta-architecture, which calls this from its ``from_config``): built on the CPU
+    (the student's head moves it along with the student), weights loaded, eval mode, no grad.
 
     Raises if its config is incompatible (:func:`check_teacher_cfg`), if ``WEIGHTS`` is
     missing, or if any model key the teacher needs is absent from or mis-shaped in the file: a
@@ -94,7 +101,7 @@ def build_teacher(student_cfg: CfgNode) -> CondInst:
     check_teacher_cfg(student_cfg, cfg, t.CONFIG_FILE)
     validate_cfg(cfg)
     cfg.MODEL.DEVICE = "cpu"
-    teacher = CondInst(**CondInst.from_config(cfg))
+    teacher = model_cls(**model_cls.from_config(cfg))
     weights = t.WEIGHTS
     if "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(
