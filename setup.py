@@ -20,5 +20,5 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "scipy"]},  # scipy: tools/ablate_stats.py p-values
 )
