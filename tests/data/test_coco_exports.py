@@ -41,6 +41,13 @@ def _load(json_file, image_root, policy="error"):
     return records, report
 
 
+def _load_export(tmp_path, dataset: dict):
+    """Writes ``dataset``, loads it; returns (records, report, metadata)."""
+    json_file, image_root = write_export(tmp_path, dataset)
+    records, report = _load(json_file, image_root)
+    return records, report, MetadataCatalog.get(_name(json_file, image_root))
+
+
 def _instances(record: dict) -> Instances:
     """A record's non-crowd annotations as predictions of score 1 (boxes XYXY, bool masks)."""
     anns = [a for a in record["annotations"] if not a["iscrowd"]]
@@ -112,9 +119,7 @@ def test_annotation_id_0_is_a_miss_in_cocoeval_and_renumbered(tmp_path):
 
 def test_roboflow_placeholder_area_and_rounded_boxes(tmp_path):
     dataset = tool_exports.roboflow()
-    json_file, image_root = write_export(tmp_path, dataset)
-    records, report = _load(json_file, image_root)
-    metadata = MetadataCatalog.get(_name(json_file, image_root))
+    records, report, metadata = _load_export(tmp_path, dataset)
     assert metadata.thing_classes == ["a", "b"]
     assert metadata.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1}
     assert [c["id"] for c in metadata.placeholder_categories] == [0]
@@ -126,7 +131,7 @@ def test_roboflow_placeholder_area_and_rounded_boxes(tmp_path):
     }
     assert re.search(r"category id 0 'shapes' \(the supercategory of 2 categories", report.table())
     by_id = {a["id"]: a for a in dataset["annotations"]}
-    coco = load_coco_api(json_file, report=BadDataReport("skip"), fix_boxes=False)
+    coco = load_coco_api(metadata.json_file, report=BadDataReport("skip"), fix_boxes=False)
     for r in records:
         for a in r["annotations"]:
             poly = np.array(by_id[a["id"]]["segmentation"][0]).reshape(-1, 2)
@@ -155,10 +160,7 @@ def test_cvat_rectangles_dropped_and_crowd_masks_warned(tmp_path, caplog):
 
 
 def test_label_studio_category_0_is_a_class_and_windows_paths_read(tmp_path):
-    dataset = tool_exports.label_studio(windows_paths=True)
-    json_file, image_root = write_export(tmp_path, dataset)
-    records, report = _load(json_file, image_root)
-    metadata = MetadataCatalog.get(_name(json_file, image_root))
+    records, report, metadata = _load_export(tmp_path, tool_exports.label_studio(windows_paths=True))
     assert metadata.thing_classes == ["a", "b"] and metadata.placeholder_categories == []
     assert metadata.thing_dataset_id_to_contiguous_id == {0: 0, 1: 1}
     assert all(os.path.isfile(r["file_name"]) and "\\" not in r["file_name"] for r in records)
@@ -169,9 +171,7 @@ def test_label_studio_category_0_is_a_class_and_windows_paths_read(tmp_path):
 
 def test_labelme2coco_background_left_out_pixel_boxes_kept(tmp_path):
     dataset = tool_exports.labelme2coco()
-    json_file, image_root = write_export(tmp_path, dataset)
-    records, report = _load(json_file, image_root)
-    metadata = MetadataCatalog.get(_name(json_file, image_root))
+    records, report, metadata = _load_export(tmp_path, dataset)
     assert metadata.thing_classes == ["a", "b"]
     assert [c["name"] for c in metadata.placeholder_categories] == ["_background_"]
     assert "a background entry (labelme2coco's labels file)" in report.table()
