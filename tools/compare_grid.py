@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             drawn = draw_instances(image, masks=inst.pred_masks, boxes=inst.pred_boxes,
                                    classes=inst.pred_classes, scores=inst.scores,
                                    class_names=class_names)
-            panels.append(titled(drawn, f"{label} ({len(inst)} >= {args.confidence_threshold})"))
+            panels.append(titled(drawn, f"{label}: {len(inst)} detections, score >= {args.confidence_threshold}"))
         path = os.path.join(args.output, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
         if not cv2.imwrite(path, np.concatenate(panels, axis=1)):
             raise OSError(f"cv2 could not write {path}")

@@ -107,10 +107,11 @@ def plot_runs(runs: dict[str, list[dict]], output: str) -> list[str]:
                     if key in d:
                         ax.plot(*d[key], style, color=color, label=f"{label} {key}")
             elif panel in d:
-                ax.plot(*d[panel], color=color, label=label)
+                ax.plot(*d[panel], ".-", color=color, label=label)
         ax.set_title(panel if panel != "AP" else "evaluation AP")
-        if panel != "AP" and all(v > 0 for d in data.values() if panel in d for v in d[panel][1]):
-            ax.set_yscale("log")
+        values = [v for d in data.values() if panel in d for v in d[panel][1]]
+        if panel != "AP" and values and min(values) > 0 and max(values) > 10 * min(values):
+            ax.set_yscale("log")  # only when the curves span more than a decade
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
