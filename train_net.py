@@ -15,7 +15,13 @@ from typing import Any
 
 from condinst_percep.checkpoint import Checkpointer
 from condinst_percep.config import get_cfg
-from condinst_percep.engine import Trainer, default_argument_parser, default_setup, launch
+from condinst_percep.engine import (
+    Trainer,
+    default_argument_parser,
+    default_setup,
+    launch,
+    validate_cfg,
+)
 from condinst_percep.modeling import build_model
 
 
@@ -35,7 +41,8 @@ def main(args) -> dict[str, Any]:
     """Trains (or only evaluates) in this process; returns the final evaluation results."""
     cfg = setup(args)
     if args.eval_only:
-        model = build_model(cfg)
+        validate_cfg(cfg)
+        model = build_model(cfg, checked=True)
         checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, cfg=cfg)
         resume = args.resume and checkpointer.has_checkpoint()
         if not resume and not cfg.MODEL.WEIGHTS:

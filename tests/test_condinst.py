@@ -363,7 +363,7 @@ def test_teacher_path_reproduces_the_students_own_mask_logits():
     @MASK_HEAD_REGISTRY.register()
     class _RecordingHead(DynamicMaskHead):
         def losses(self, mask_logits, instances, gt_instances, images=None):
-            seen["logits"], seen["instances"], seen["images"] = mask_logits.detach(), instances, images
+            seen.update(logits=mask_logits.detach(), instances=instances, images=images)
             return super().losses(mask_logits, instances, gt_instances, images)
 
     cfg = _small_cfg(**{"MODEL.CONDINST.MAX_PROPOSALS": 7})

@@ -7,8 +7,8 @@ from condinst_percep.config import (
     ConfigKeyError,
     UnsupportedConfigError,
     get_cfg,
-    validate_cfg,
 )
+from condinst_percep.engine import validate_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = REPO / "configs" / "CondInst"

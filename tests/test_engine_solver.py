@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from condinst_percep.config import get_cfg, validate_cfg
+from condinst_percep.config import get_cfg
+from condinst_percep.engine import validate_cfg
 from condinst_percep.engine.solver import (
     build_gradient_clipper,
     build_lr_scheduler,

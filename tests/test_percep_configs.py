@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from condinst_percep.config import get_cfg, validate_cfg
+from condinst_percep.config import get_cfg
+from condinst_percep.engine import validate_cfg
 from condinst_percep.modeling import build_model
 from condinst_percep.modeling.condinst.teacher import check_teacher_cfg, load_teacher_cfg
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from condinst_percep.checkpoint import CheckpointMismatchError, Checkpointer
-from condinst_percep.config import UnsupportedConfigError, get_cfg, validate_cfg
+from condinst_percep.config import UnsupportedConfigError, get_cfg
+from condinst_percep.engine import validate_cfg
 from condinst_percep.layers import aligned_bilinear
 from condinst_percep.modeling import build_model
 from condinst_percep.modeling.condinst import DynamicMaskHead, PercepMaskHead

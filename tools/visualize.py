@@ -23,6 +23,7 @@ from condinst_percep.checkpoint import Checkpointer
 from condinst_percep.config import get_cfg
 from condinst_percep.data import DatasetCatalog, DatasetMapper, MetadataCatalog, read_image
 from condinst_percep.data.classes import check_num_classes
+from condinst_percep.engine import validate_cfg
 from condinst_percep.modeling import build_model
 from condinst_percep.utils.logger import setup_logger
 from condinst_percep.utils.visualizer import draw_instances
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     if not 0.0 <= args.confidence_threshold <= 1.0:
         raise ValueError(f"--confidence-threshold {args.confidence_threshold} is not in [0, 1]")
 
-    model = build_model(cfg)
+    validate_cfg(cfg)
+    model = build_model(cfg, checked=True)
     Checkpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
     if args.dataset:

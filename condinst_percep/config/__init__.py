@@ -1,6 +1,10 @@
-"""Configuration: ``get_cfg()`` returns detectron2's and AdelaiDet's CondInst keys and defaults."""
+"""Configuration: ``get_cfg()`` returns detectron2's and AdelaiDet's CondInst keys and defaults.
+
+The checks of a config live beside the components that read it (``check_cfg``);
+``condinst_percep.engine.validate_cfg`` runs them all.
+"""
 from .config import CfgNode, ConfigFileError, ConfigKeyError
-from .validate import UnsupportedConfigError, validate_cfg
+from .validate import UnsupportedConfigError
 
 
 def get_cfg() -> CfgNode:
@@ -16,5 +20,4 @@ __all__ = [
     "ConfigKeyError",
     "UnsupportedConfigError",
     "get_cfg",
-    "validate_cfg",
 ]

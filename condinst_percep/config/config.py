@@ -31,15 +31,24 @@ class ConfigFileError(ValueError):
     """A config file cannot be read, is not a YAML mapping, or holds a value of the wrong type."""
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"A.B.C": value}`` for every leaf of a nested mapping (a ``CfgNode`` or parsed YAML)."""
     out: dict[str, Any] = {}
     for k, v in tree.items():
         full = prefix + str(k)
         if isinstance(v, dict):
-            out.update(_flatten(v, full + "."))
+            out.update(flatten(v, full + "."))
         else:
             out[full] = v
     return out
+
+
+def lookup(cfg: dict, key: str) -> Any:
+    """The value of the dotted ``key`` ("MODEL.FCOS.NORM") in ``cfg``."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
 class CfgNode(_FvcoreCfgNode):
@@ -68,8 +77,8 @@ class CfgNode(_FvcoreCfgNode):
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=allow_unsafe)
-        valid = _flatten(self)
-        for key in _flatten(loaded):
+        valid = flatten(self)
+        for key in flatten(loaded):
             if key not in valid and not self._is_prefix_of_valid_key(key, valid):
                 source = "config file " + " <- ".join(
                     f"'{f}'" for f in _files_defining(key, cfg_filename)
@@ -85,7 +94,7 @@ class CfgNode(_FvcoreCfgNode):
             raise ConfigFileError(
                 f"config overrides must be KEY VALUE pairs, got an odd number of items: {cfg_list}"
             )
-        valid = _flatten(self)
+        valid = flatten(self)
         for key in cfg_list[0::2]:
             if key not in valid:
                 raise ConfigKeyError(key, "command-line overrides", _closest(key, valid))
@@ -116,7 +125,7 @@ def _files_defining(key: str, filename: str) -> list[str]:
     """The chain of files, from ``filename`` down its ``_BASE_`` tree, that sets ``key``."""
     with g_pathmgr.open(filename, "r") as f:
         raw = yaml.safe_load(f) or {}
-    if key in _flatten({k: v for k, v in raw.items() if k != BASE_KEY}):
+    if key in flatten({k: v for k, v in raw.items() if k != BASE_KEY}):
         return [filename]
     bases = raw.get(BASE_KEY, [])
     for base in [bases] if isinstance(bases, str) else bases:

@@ -14,8 +14,8 @@ differences:
   unknown key instead of being silently ignored.
 
 Keys of AdelaiDet features that are not implemented (BoxInst, BiFPN, MobileNet, deformable convs,
-anti-aliasing, the semantic loss) exist so that AdelaiDet YAMLs load; ``validate_cfg`` refuses a
-config that asks for any of them.
+anti-aliasing, the semantic loss) exist so that AdelaiDet YAMLs load; the checks of the
+components (``condinst_percep.engine.validate_cfg``) refuse a config that asks for any of them.
 """
 from .config import CfgNode as CN
 
@@ -201,7 +201,7 @@ _C.DATALOADER.ASPECT_RATIO_GROUPING = True
 _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
-# --- bad-data policy (owned by the data owner; see docs/reliability.md) ---
+# --- bad-data policy (see docs/reliability.md) ---
 # "error": a bad record or image stops the run with an error naming the file and annotation id.
 # "skip": the image holding it is left out (at load time) or replaced (at map time), counted and
 # logged. Defects with one obvious repair are fixed under both.
@@ -278,11 +278,7 @@ _C.VIS_PERIOD = 0
 _C.GLOBAL = CN()
 _C.GLOBAL.HACK = 1.0
 
-# =============================================================================================
-# Keys added by other owners. Append a labelled block per owner below (minimal edits only).
-# =============================================================================================
-
-# --- perceptual CondInst (PERCEPTUAL-HEAD owner, issue 5; see docs/perceptual_condinst.md) ---
+# --- perceptual CondInst (see docs/perceptual_condinst.md) ---
 # The mask head class, looked up in condinst_percep.modeling.condinst.MASK_HEAD_REGISTRY.
 # "PercepMaskHead" adds loss_percep and needs MODEL.PERCEP.ENABLED (and the reverse).
 _C.MODEL.CONDINST.MASK_HEAD.NAME = "DynamicMaskHead"

@@ -13,8 +13,8 @@ import torch
 from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset
 
-from condinst_percep.utils import comm
-
+from ..config.validate import Report, check_choice
+from ..utils import comm
 from .catalog import DatasetCatalog, MetadataCatalog
 from .dataset_mapper import DatasetMapper
 from .samplers import (
@@ -198,6 +198,29 @@ def _aspect_ratio_groups(dataset_dicts: list[dict]) -> list[int]:
     return [0 if d["width"] > d["height"] else 1 for d in dataset_dicts]
 
 
+SAMPLERS_TRAIN = ("TrainingSampler", "RepeatFactorTrainingSampler")
+
+
+def check_loader_cfg(cfg, bad: Report) -> None:
+    """The checks of the ``DATALOADER`` keys the loaders read (see ``collect_problems``); the
+    split of ``SOLVER.IMS_PER_BATCH`` over the processes is :func:`images_per_process`'s."""
+    check_choice(cfg, bad, "DATALOADER.SAMPLER_TRAIN", SAMPLERS_TRAIN)
+    if cfg.DATALOADER.NUM_WORKERS < 0:
+        bad("DATALOADER.NUM_WORKERS", "must be >= 0")
+
+
+def images_per_process(cfg) -> int:
+    """``SOLVER.IMS_PER_BATCH`` (the batch over all processes) divided by the number of
+    processes; ValueError unless it is a positive multiple of it."""
+    total, world_size = cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size()
+    if total <= 0 or total % world_size != 0:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH ({total}) is the total batch over all processes: it must be "
+            f"positive and divisible by the number of processes ({world_size})"
+        )
+    return total // world_size
+
+
 def build_detection_train_loader(cfg, mapper: Callable | None = None, start_iter: int = 0):
     """Infinite iterable of batches (lists of mapped dicts) of ``SOLVER.IMS_PER_BATCH //
     world_size`` images for this process.
@@ -205,13 +228,7 @@ def build_detection_train_loader(cfg, mapper: Callable | None = None, start_iter
     The order is a function of ``SEED`` (a shared random seed when ``SEED < 0``), the rank and
     the world size only; ``start_iter`` resumes the stream at that iteration.
     """
-    world_size = comm.get_world_size()
-    total = cfg.SOLVER.IMS_PER_BATCH
-    if total <= 0 or total % world_size != 0:
-        raise ValueError(
-            f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of "
-            f"processes ({world_size})"
-        )
+    batch_size = images_per_process(cfg)
     policy = check_policy(cfg.DATALOADER.BAD_DATA_POLICY)
     dataset_dicts = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, policy
@@ -230,9 +247,9 @@ def build_detection_train_loader(cfg, mapper: Callable | None = None, start_iter
     else:
         raise ValueError(f"Unknown DATALOADER.SAMPLER_TRAIN {sampler_name!r}")
     group_ids = _aspect_ratio_groups(dataset_dicts) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
-    batch_sampler = GroupedBatchSampler(sampler, total // world_size, group_ids, start_iter)
+    batch_sampler = GroupedBatchSampler(sampler, batch_size, group_ids, start_iter)
     logger.info(
-        f"Training loader: {len(dataset_dicts)} images, {total // world_size} per batch per "
+        f"Training loader: {len(dataset_dicts)} images, {batch_size} per batch per "
         f"process, seed {seed}, starting at iteration {start_iter}"
     )
     return DataLoader(

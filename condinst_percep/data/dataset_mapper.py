@@ -8,21 +8,55 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..config.validate import Report, check_choice
 from .detection_utils import (
+    SUPPORTED_IMAGE_FORMATS,
     annotations_to_instances,
     check_image_size,
     is_nonempty,
     read_image,
     transform_instance_annotation,
 )
-from .transforms import Augmentation, RandomFlip, ResizeShortestEdge, apply_augmentations
+from .transforms import (
+    SAMPLE_STYLES,
+    Augmentation,
+    RandomFlip,
+    ResizeShortestEdge,
+    apply_augmentations,
+)
+
+RANDOM_FLIPS = ("horizontal", "vertical", "none")
+# detectron2's values; the annotations' own format (polygons or RLE) decides how they are read.
+MASK_FORMATS = ("polygon", "bitmask")
+
+
+def check_input_cfg(cfg, bad: Report) -> None:
+    """The checks of the ``INPUT`` keys the mapper and its augmentations read (see
+    ``collect_problems``)."""
+    i = cfg.INPUT
+    check_choice(cfg, bad, "INPUT.FORMAT", SUPPORTED_IMAGE_FORMATS)
+    check_choice(cfg, bad, "INPUT.MASK_FORMAT", MASK_FORMATS)
+    check_choice(cfg, bad, "INPUT.MIN_SIZE_TRAIN_SAMPLING", SAMPLE_STYLES)
+    check_choice(cfg, bad, "INPUT.RANDOM_FLIP", RANDOM_FLIPS)
+    check_choice(cfg, bad, "INPUT.CROP.ENABLED", (False,), "random crop is not implemented")
+    if i.IS_ROTATE:
+        bad("INPUT.IS_ROTATE", "rotation augmentation is not implemented")
+    sizes = list(i.MIN_SIZE_TRAIN)
+    if not sizes or min(sizes) <= 0:
+        bad("INPUT.MIN_SIZE_TRAIN", "needs at least one positive size")
+    if i.MIN_SIZE_TRAIN_SAMPLING == "range" and (len(sizes) != 2 or sizes[0] > sizes[1]):
+        bad("INPUT.MIN_SIZE_TRAIN", "sampling 'range' needs exactly (low, high)")
+    for key in ("MAX_SIZE_TRAIN", "MIN_SIZE_TEST", "MAX_SIZE_TEST"):
+        if i[key] <= 0:
+            bad(f"INPUT.{key}", "must be positive")
 
 
 def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
     """AdelaiDet's list: ``ResizeShortestEdge`` then, in training, a random flip.
 
     The flip is on when ``INPUT.HFLIP_TRAIN`` (AdelaiDet) is true and ``INPUT.RANDOM_FLIP``
-    (detectron2) is not ``"none"``; ``RANDOM_FLIP`` chooses horizontal or vertical.
+    (detectron2) is not ``"none"``; ``RANDOM_FLIP`` chooses horizontal or vertical. The keys are
+    checked by :func:`check_input_cfg`.
     """
     if is_train:
         min_size, max_size = cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN
@@ -32,10 +66,6 @@ def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
     augmentations: list[Augmentation] = [ResizeShortestEdge(min_size, max_size, sample_style)]
     if is_train:
         random_flip = cfg.INPUT.RANDOM_FLIP
-        if random_flip not in ("horizontal", "vertical", "none"):
-            raise ValueError(
-                f"INPUT.RANDOM_FLIP must be 'horizontal', 'vertical' or 'none', got {random_flip!r}"
-            )
         if cfg.INPUT.HFLIP_TRAIN and random_flip != "none":
             augmentations.append(RandomFlip(0.5, horizontal=random_flip == "horizontal"))
     return augmentations

@@ -11,8 +11,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
-from condinst_percep.structures import Instances
-
+from ..structures import Instances
 from .coco_validation import rle_counts_total
 from .transforms import Transform
 from .validation import BadDataError, MissingImageError

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from condinst_percep.utils import comm
+from ..utils import comm
 
 
 def shared_random_seed() -> int:

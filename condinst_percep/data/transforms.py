@@ -136,6 +136,9 @@ class Augmentation:
         raise NotImplementedError
 
 
+SAMPLE_STYLES = ("choice", "range")
+
+
 class ResizeShortestEdge(Augmentation):
     """Scales the shorter side to a sampled length, capped so the longer side is <= ``max_size``.
 
@@ -153,8 +156,8 @@ class ResizeShortestEdge(Augmentation):
         if isinstance(short_edge_length, int):
             short_edge_length = (short_edge_length, short_edge_length)
         self.short_edge_length = tuple(int(s) for s in short_edge_length)
-        if sample_style not in ("range", "choice"):
-            raise ValueError(f"sample_style must be 'range' or 'choice', got {sample_style!r}")
+        if sample_style not in SAMPLE_STYLES:
+            raise ValueError(f"sample_style must be one of {SAMPLE_STYLES}, got {sample_style!r}")
         if sample_style == "range" and len(self.short_edge_length) != 2:
             raise ValueError(
                 "sample_style='range' needs exactly two short edge lengths (min, max), got "

@@ -10,6 +10,7 @@ from .solver import (
 )
 from .train_loop import HookBase, SimpleTrainer, TrainerBase
 from .trainer import Trainer, auto_scale_workers, create_ddp_model, default_writers
+from .validate import validate_cfg
 
 __all__ = [
     "EvalHook",
@@ -33,4 +34,5 @@ __all__ = [
     "get_default_optimizer_params",
     "launch",
     "seed_all_rng",
+    "validate_cfg",
 ]

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from condinst_percep.utils import comm
-from condinst_percep.utils.logger import setup_logger
+from .. import __version__
+from ..utils import comm
+from ..utils.logger import setup_logger
 
 __all__ = ["default_argument_parser", "default_setup", "seed_all_rng", "collect_env_info"]
 
@@ -88,11 +89,9 @@ def collect_env_info() -> str:
     import fvcore
     import pycocotools
 
-    import condinst_percep
-
     rows = [
         ("Python", sys.version.replace("\n", " ")),
-        ("condinst_percep", f"{condinst_percep.__version__} @ {os.path.dirname(condinst_percep.__file__)}"),
+        ("condinst_percep", f"{__version__} @ {os.path.dirname(os.path.dirname(__file__))}"),
         ("torch", torch.__version__),
         ("CUDA available", str(torch.cuda.is_available())),
         ("numpy", np.__version__),

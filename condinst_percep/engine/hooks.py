@@ -10,10 +10,10 @@ from typing import Any, Callable, Sequence
 import torch
 from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
 
-from condinst_percep.evaluation.testing import flatten_results_dict
-from condinst_percep.utils import comm
-from condinst_percep.utils.events import EventWriter
-
+from ..config.validate import Report, check_choice
+from ..evaluation.testing import flatten_results_dict
+from ..utils import comm
+from ..utils.events import EventWriter
 from .train_loop import HookBase
 
 __all__ = [
@@ -23,6 +23,16 @@ __all__ = [
     "EvalHook",
     "PeriodicWriter",
 ]
+
+
+def check_test_cfg(cfg, bad: Report) -> None:
+    """The checks of the ``TEST`` keys of evaluation during training (see ``collect_problems``)."""
+    if cfg.TEST.EVAL_PERIOD < 0:
+        bad("TEST.EVAL_PERIOD", "must be >= 0 (0 disables evaluation during training)")
+    check_choice(
+        cfg, bad, "TEST.AUG.ENABLED", (False,), "test-time augmentation is not implemented"
+    )
+    check_choice(cfg, bad, "TEST.PRECISE_BN.ENABLED", (False,), "precise BN is not implemented")
 
 
 class IterationTimer(HookBase):

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from condinst_percep.utils import comm
+from ..utils import comm
 
 __all__ = ["launch", "torchrun_env", "destroy_process_group", "DEFAULT_TIMEOUT"]
 

@@ -28,10 +28,12 @@ from fvcore.common.param_scheduler import (
 )
 from torch import nn
 
-from ..config.validate import validate_solver
+from ..config.validate import Report, check_choice, collect_problems
+from .train_loop import AMP_DTYPES
 
 __all__ = [
     "NORM_MODULE_TYPES",
+    "check_solver_cfg",
     "get_default_optimizer_params",
     "build_optimizer",
     "build_gradient_clipper",
@@ -52,6 +54,51 @@ NORM_MODULE_TYPES: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
     nn.LocalResponseNorm,
 )
+
+
+LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
+WARMUP_METHODS = ("linear", "constant")
+CLIP_TYPES = ("value", "norm", "full_model")
+
+
+def check_solver_cfg(cfg, bad: Report) -> None:
+    """The checks of the ``SOLVER`` keys (see ``collect_problems``): the optimizer's, the
+    clipping's and the schedule's, and the batch, checkpoint period, AMP and scaling keys the
+    trainer reads. Each builder here runs them unless told the caller did (``checked``), since
+    it also takes configs that never went through ``validate_cfg``."""
+    s = cfg.SOLVER
+    check_choice(cfg, bad, "SOLVER.LR_SCHEDULER_NAME", LR_SCHEDULERS)
+    check_choice(cfg, bad, "SOLVER.WARMUP_METHOD", WARMUP_METHODS)
+    check_choice(cfg, bad, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", CLIP_TYPES)
+    check_choice(cfg, bad, "SOLVER.AMP.DTYPE", AMP_DTYPES)
+    if s.BASE_LR <= 0:
+        bad("SOLVER.BASE_LR", "must be positive")
+    if s.MAX_ITER < 1:
+        bad("SOLVER.MAX_ITER", "must be a positive integer")
+    steps = list(s.STEPS)
+    if steps != sorted(steps) or len(set(steps)) != len(steps) or any(x <= 0 for x in steps):
+        bad("SOLVER.STEPS", "must be positive and strictly increasing")
+    if not 0.0 <= s.MOMENTUM < 1.0:
+        bad("SOLVER.MOMENTUM", "must lie in [0, 1)")
+    if not 0.0 <= s.WARMUP_FACTOR <= 1.0:
+        bad("SOLVER.WARMUP_FACTOR", "must lie in [0, 1]")
+    if s.LR_SCHEDULER_NAME == "WarmupCosineLR" and s.BASE_LR_END > s.BASE_LR:
+        bad(
+            "SOLVER.BASE_LR_END",
+            f"the cosine schedule ends at most at SOLVER.BASE_LR = {s.BASE_LR}",
+        )
+    for key in ("WEIGHT_DECAY", "WEIGHT_DECAY_NORM", "BASE_LR_END", "WARMUP_ITERS",
+                "REFERENCE_WORLD_SIZE", "BIAS_LR_FACTOR"):
+        if s[key] < 0:
+            bad(f"SOLVER.{key}", "must be >= 0")
+    if s.WEIGHT_DECAY_BIAS is not None and s.WEIGHT_DECAY_BIAS < 0:
+        bad("SOLVER.WEIGHT_DECAY_BIAS", "must be None or >= 0")
+    if s.GAMMA <= 0:
+        bad("SOLVER.GAMMA", "must be positive")
+    if s.IMS_PER_BATCH < 1 or s.CHECKPOINT_PERIOD < 1:
+        bad("SOLVER.IMS_PER_BATCH", "IMS_PER_BATCH and CHECKPOINT_PERIOD must be positive")
+    if s.CLIP_GRADIENTS.ENABLED and s.CLIP_GRADIENTS.CLIP_VALUE <= 0:
+        bad("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "must be positive")
 
 
 def get_default_optimizer_params(
@@ -85,9 +132,11 @@ def get_default_optimizer_params(
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD over ``model``'s trainable parameters with ``cfg.SOLVER``'s hyper-parameters."""
-    validate_solver(cfg)
+def build_optimizer(cfg, model: nn.Module, *, checked: bool = False) -> torch.optim.Optimizer:
+    """SGD over ``model``'s trainable parameters with ``cfg.SOLVER``'s hyper-parameters
+    (checked by :func:`check_solver_cfg` unless ``checked``)."""
+    if not checked:
+        collect_problems(cfg, [check_solver_cfg])
     solver = cfg.SOLVER
     params = get_default_optimizer_params(
         model,
@@ -104,15 +153,19 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def build_gradient_clipper(cfg) -> Callable[[Iterable[torch.Tensor]], None] | None:
+def build_gradient_clipper(
+    cfg, *, checked: bool = False
+) -> Callable[[Iterable[torch.Tensor]], None] | None:
     """The clipping function ``SOLVER.CLIP_GRADIENTS`` asks for, or None when disabled.
 
     ``CLIP_TYPE``: ``"value"`` clamps every gradient entry to ``[-CLIP_VALUE, CLIP_VALUE]``;
     ``"norm"`` rescales each parameter's gradient to norm <= ``CLIP_VALUE`` separately
     (detectron2); ``"full_model"`` rescales all gradients together so that their joint norm is
-    <= ``CLIP_VALUE`` (as in DETR / Mask2Former). Norms use ``NORM_TYPE``.
+    <= ``CLIP_VALUE`` (as in DETR / Mask2Former). Norms use ``NORM_TYPE``. ``cfg.SOLVER`` is
+    checked by :func:`check_solver_cfg` unless ``checked``.
     """
-    validate_solver(cfg)
+    if not checked:
+        collect_problems(cfg, [check_solver_cfg])
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if not clip.ENABLED:
         return None
@@ -152,7 +205,7 @@ class WarmupParamScheduler(CompositeParamScheduler):
             warmup = LinearParamScheduler(start_value, end_value)
         else:
             raise ValueError(
-                f"SOLVER.WARMUP_METHOD = {warmup_method!r}; expected 'linear' or 'constant'"
+                f"SOLVER.WARMUP_METHOD = {warmup_method!r}; expected one of {WARMUP_METHODS}"
             )
         super().__init__(
             [warmup, scheduler],
@@ -187,11 +240,15 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         return [base_lr * multiplier for base_lr in self.base_lrs]
 
 
-def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultiplier:
+def build_lr_scheduler(
+    cfg, optimizer: torch.optim.Optimizer, *, checked: bool = False
+) -> LRMultiplier:
     """``SOLVER.LR_SCHEDULER_NAME``: ``WarmupMultiStepLR`` (×GAMMA at each of ``STEPS``) or
     ``WarmupCosineLR`` (half cosine from BASE_LR to BASE_LR_END over MAX_ITER), both with
-    ``WARMUP_METHOD`` / ``WARMUP_FACTOR`` / ``WARMUP_ITERS``."""
-    validate_solver(cfg)
+    ``WARMUP_METHOD`` / ``WARMUP_FACTOR`` / ``WARMUP_ITERS`` (checked by
+    :func:`check_solver_cfg` unless ``checked``)."""
+    if not checked:
+        collect_problems(cfg, [check_solver_cfg])
     solver = cfg.SOLVER
     if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
         # A step at MAX_ITER would act after the last iteration (and fvcore refuses it).

@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from condinst_percep.utils import comm
-from condinst_percep.utils.events import EventStorage, get_event_storage
+from ..utils import comm
+from ..utils.events import EventStorage, get_event_storage
 
 __all__ = ["HookBase", "StopSignals", "TrainerBase", "SimpleTrainer", "AMP_DTYPES"]
 
@@ -204,8 +204,10 @@ class SimpleTrainer(TrainerBase):
                 "SOLVER.AMP.DTYPE 'float16' needs a CUDA device (a gradient scaler on "
                 f"{self.device_type} is not supported); use 'bfloat16' on CPU"
             )
-        if amp_dtype not in (None, torch.float16, torch.bfloat16):
-            raise ValueError(f"amp_dtype must be None, float16 or bfloat16, got {amp_dtype}")
+        if amp_dtype is not None and amp_dtype not in AMP_DTYPES.values():
+            raise ValueError(
+                f"amp_dtype must be None or one of {list(AMP_DTYPES.values())}, got {amp_dtype}"
+            )
         self.amp_dtype = amp_dtype
         self.grad_scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 

@@ -12,24 +12,19 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from condinst_percep.checkpoint import CheckpointMismatchError, Checkpointer
-from condinst_percep.config import validate_cfg
-from condinst_percep.data import build_detection_test_loader, build_detection_train_loader
-from condinst_percep.data.classes import check_num_classes
-from condinst_percep.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
-from condinst_percep.evaluation.coco_evaluation import COCO_MAX_DETS
-from condinst_percep.modeling import build_model
-from condinst_percep.utils import comm
-from condinst_percep.utils.events import (
-    CommonMetricPrinter,
-    EventWriter,
-    JSONWriter,
-    TensorboardXWriter,
-)
-
+from ..checkpoint import CheckpointMismatchError, Checkpointer
+from ..data import build_detection_test_loader, build_detection_train_loader
+from ..data.build import images_per_process
+from ..data.classes import check_num_classes
+from ..evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
+from ..evaluation.coco_evaluation import COCO_MAX_DETS
+from ..modeling import build_model
+from ..utils import comm
+from ..utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
 from . import hooks
 from .solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
 from .train_loop import AMP_DTYPES, HookBase, SimpleTrainer
+from .validate import validate_cfg
 
 __all__ = ["Trainer", "auto_scale_workers", "create_ddp_model", "default_writers"]
 
@@ -74,14 +69,17 @@ def auto_scale_workers(cfg, num_workers: int):
 def create_ddp_model(model: nn.Module) -> nn.Module:
     """Wraps ``model`` in DDP when more than one process runs; returns it unchanged otherwise.
 
-    Buffers are not broadcast (the mask branch's BN statistics stay per process, as in
-    AdelaiDet), and every parameter is expected to get a gradient at every step.
+    Parameters and buffers are broadcast from rank 0 once, at wrapping, when every buffer still
+    holds the same initial value on each process; after that buffers are not synced (the mask
+    branch's BN statistics stay per process, as with AdelaiDet's ``broadcast_buffers=False``),
+    and every parameter is expected to get a gradient at every step.
     """
     if comm.get_world_size() == 1:
         return model
     device_ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
+    # forward_sync_buffers, not broadcast_buffers: torch deprecates the latter (FutureWarning).
     return DistributedDataParallel(
-        model, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=False
+        model, device_ids=device_ids, forward_sync_buffers=False, find_unused_parameters=False
     )
 
 
@@ -96,13 +94,7 @@ def default_writers(output_dir: str, max_iter: int) -> list[EventWriter]:
 
 
 def _amp_dtype(cfg) -> torch.dtype | None:
-    if not cfg.SOLVER.AMP.ENABLED:
-        return None
-    if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
-        raise ValueError(
-            f"SOLVER.AMP.DTYPE = {cfg.SOLVER.AMP.DTYPE!r}; expected one of {sorted(AMP_DTYPES)}"
-        )
-    return AMP_DTYPES[cfg.SOLVER.AMP.DTYPE]
+    return AMP_DTYPES[cfg.SOLVER.AMP.DTYPE] if cfg.SOLVER.AMP.ENABLED else None
 
 
 class Trainer(SimpleTrainer):
@@ -118,29 +110,30 @@ class Trainer(SimpleTrainer):
     ``IMS_PER_BATCH / world_size`` images. The training data loader is built in ``train()``,
     after ``resume_or_load``, so that a resumed run continues the data stream where the
     checkpointed run stopped.
+
+    The config is checked once, by :func:`validate_cfg` (and once more if the linear scaling
+    rule of :func:`auto_scale_workers` made a new one); the builders are told so.
     """
 
     def __init__(self, cfg) -> None:
         validate_cfg(cfg)
-        world_size = comm.get_world_size()
-        cfg = auto_scale_workers(cfg, world_size)
-        if cfg.SOLVER.IMS_PER_BATCH % world_size != 0:
-            raise ValueError(
-                f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is the total batch over all "
-                f"processes and must be divisible by the number of processes ({world_size})"
-            )
-        model = build_model(cfg)
+        scaled = auto_scale_workers(cfg, comm.get_world_size())
+        if scaled is not cfg:
+            validate_cfg(scaled)
+        cfg = scaled
+        images_per_process(cfg)  # refused here, before the model is built, not at train()
+        model = build_model(cfg, checked=True)
         logger.info(f"Model:\n{model}")
-        optimizer = build_optimizer(cfg, model)
+        optimizer = build_optimizer(cfg, model, checked=True)
         super().__init__(
             create_ddp_model(model),
             data_loader=[],  # replaced in train(), once the start iteration is known
             optimizer=optimizer,
             amp_dtype=_amp_dtype(cfg),
-            grad_clipper=build_gradient_clipper(cfg),
+            grad_clipper=build_gradient_clipper(cfg, checked=True),
         )
         self.cfg = cfg
-        self.scheduler = build_lr_scheduler(cfg, optimizer)
+        self.scheduler = build_lr_scheduler(cfg, optimizer, checked=True)
         checkpointables: dict[str, Any] = {"optimizer": optimizer, "scheduler": self.scheduler}
         if self.grad_scaler is not None:
             checkpointables["grad_scaler"] = self.grad_scaler

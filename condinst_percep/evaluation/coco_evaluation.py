@@ -18,13 +18,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
-from condinst_percep.checkpoint import atomic_write
-from condinst_percep.data.catalog import DatasetCatalog, MetadataCatalog
-from condinst_percep.data.coco import category_id_map, load_coco_api
-from condinst_percep.data.validation import BadDataReport
-from condinst_percep.structures import Instances
-from condinst_percep.utils import comm
-
+from ..checkpoint import atomic_write
+from ..data.catalog import DatasetCatalog, MetadataCatalog
+from ..data.coco import category_id_map, load_coco_api
+from ..data.validation import BadDataReport
+from ..structures import Instances
+from ..utils import comm
 from .evaluator import DatasetEvaluator
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from condinst_percep.utils import comm
+from ..utils import comm
 
 logger = logging.getLogger(__name__)
 

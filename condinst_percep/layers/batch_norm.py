@@ -24,6 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from ..config.config import lookup
+from ..config.validate import Report, check_choice
 from ..utils import comm
 
 logger = logging.getLogger(__name__)
@@ -185,6 +187,22 @@ _NORMS = {
     "FrozenBN": FrozenBatchNorm2d,
     "GN": lambda channels: nn.GroupNorm(32, channels),
 }
+
+
+# The names get_norm builds ("" for none is accepted where a layer may have no norm).
+NORM_NAMES = tuple(_NORMS)
+
+
+def check_norm_cfg(cfg, bad: Report, key: str, channels: list[int], optional: bool = True) -> None:
+    """Checks the norm named by config ``key`` for layers of ``channels``: a name of
+    :func:`get_norm` (or "" when ``optional``), GN's 32 groups dividing every width, and
+    torch's SyncBatchNorm only where it can run (CUDA when several processes train)."""
+    norm = lookup(cfg, key)
+    check_choice(cfg, bad, key, ("",) * optional + NORM_NAMES)
+    if norm == "GN" and any(c % 32 for c in channels):
+        bad(key, f"GN uses 32 groups: every width must divide by 32, got {sorted(set(channels))}")
+    if norm == "nnSyncBN" and cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
+        bad(key, "torch's SyncBatchNorm needs CUDA across processes; use 'SyncBN'")
 
 
 def get_norm(norm: str | None, out_channels: int) -> nn.Module | None:

@@ -9,7 +9,7 @@ from .chunked_grad import InjectGrad, input_grad
 from .crop import gather_windows, plan_crops, scatter_windows
 from .inputs import check_inputs
 from .precision import AUTOCAST_NAMES, autocast_context, autocast_dtype
-from .random_net import VGG_STRUCTURES, VGG_WIDTHS, RandomPerceptualNet
+from .random_net import INITS, VGG_STRUCTURES, VGG_WIDTHS, RandomPerceptualNet, vgg_arch
 
 __all__ = ["PerceptualLoss"]
 
@@ -49,29 +49,7 @@ class PerceptualLoss(nn.Module):
             a :class:`RandomPerceptualNet`, the input of another network (same values; faster
             convolutions and pooling for narrow layers on the CPU and on tensor-core GPUs).
 
-    ``forward(pred, target, reduction="mean", target_index=None, boxes=None,
-    check_values=True)``:
-        pred: (n, C, H, W) float — probabilities (after sigmoid/softmax) or a regression map
-            such as depth, not logits: the network is positively homogeneous, so the loss
-            scales with the square of the input scale.
-        target: (n, C, H, W), or with ``target_index`` (G, C, H, W) holding G distinct target
-            maps; float or bool. Embedded without grad.
-        reduction: ``"mean"`` → scalar; ``"none"`` → (n,) per-instance values (already
-            multiplied by ``loss_weight``). float32 (float64 for a float64 network).
-        target_index: optional (n,) integer tensor; instance i is compared with
-            ``target[target_index[i]]``, and each of the G targets is embedded once.
-        boxes: (n, 4) float XYXY in pixels of the (H, W) maps, required with ``crop_margin``
-            (refused without). With ``target_index`` the targets are embedded whole and their
-            features cut to the window, and the target energy outside the window is added
-            back: the value is then exact whenever ``pred`` is 0 outside the box, whatever the
-            target. Planning the windows copies ``boxes`` to the host (one synchronisation).
-        check_values: check on the host that pred and target are finite and target_index in
-            range (one synchronisation, shared with the boxes' copy). A caller whose inputs
-            come from its own model (the CondInst head, where a non-finite loss stops the
-            training loop anyway) passes False: without boxes the loss then never waits for
-            the device.
-    With no instances the mean is 0 (still connected to ``pred``'s graph). The squared
-    differences and their reduction are computed in float32, also under autocast.
+    The loss is :meth:`forward`'s value.
     """
 
     def __init__(
@@ -161,6 +139,44 @@ class PerceptualLoss(nn.Module):
             )
 
     @classmethod
+    def check_cfg(cls, cfg, bad) -> None:
+        """The checks of the loss network's and the weights' keys of ``MODEL.PERCEP``, each
+        problem reported as ``bad(key, reason)`` (see ``config.validate.collect_problems``)."""
+        p = cfg.MODEL.PERCEP
+        structure, widths = tuple(p.STRUCTURE), tuple(p.WIDTHS)
+        if not structure or not _positive_ints(structure):
+            bad("MODEL.PERCEP.STRUCTURE", "needs at least one block, each a positive int")
+        if not _positive_ints(widths) or len(widths) != len(structure):
+            bad("MODEL.PERCEP.WIDTHS", f"needs one positive int per block ({len(structure)})")
+        k = p.KERNEL_SIZE
+        if not _positive_ints([k]) or k % 2 == 0:
+            bad("MODEL.PERCEP.KERNEL_SIZE", "must be a positive odd int ('same' padding)")
+        if p.INIT not in INITS:
+            bad("MODEL.PERCEP.INIT", f"must be one of {INITS}")
+        elif p.INIT in ("normal", "uniform") and not p.INIT_SCALE > 0:
+            bad("MODEL.PERCEP.INIT_SCALE", f"INIT {p.INIT!r} needs a positive scale")
+        elif p.INIT not in ("normal", "uniform") and p.INIT_SCALE != 0:
+            bad("MODEL.PERCEP.INIT_SCALE", f"INIT {p.INIT!r} takes no scale (leave it 0.0)")
+        lw = tuple(p.LAYER_WEIGHTS)
+        if lw and (len(lw) != len(structure) or min(lw) < 0 or max(lw) <= 0):
+            bad(
+                "MODEL.PERCEP.LAYER_WEIGHTS",
+                f"needs one weight >= 0 per block ({len(structure)}), not all 0; () = final block",
+            )
+        if not p.LOSS_WEIGHT >= 0:
+            bad("MODEL.PERCEP.LOSS_WEIGHT", "must be >= 0")
+        if not isinstance(p.CHUNK_SIZE, int) or p.CHUNK_SIZE < 0:
+            bad("MODEL.PERCEP.CHUNK_SIZE", "must be an int >= 0 (0: all instances at once)")
+        if not isinstance(p.SEED, int) or isinstance(p.SEED, bool):
+            bad("MODEL.PERCEP.SEED", "must be an int")
+        if p.PRETRAINED_VGG and vgg_arch(structure, widths, k) is None:
+            bad(
+                "MODEL.PERCEP.PRETRAINED_VGG",
+                "torchvision VGG weights need STRUCTURE of VGG11/13/16/19, the VGG WIDTHS and "
+                "KERNEL_SIZE 3",
+            )
+
+    @classmethod
     def from_config(cls, cfg, in_channels: int = 1) -> dict:
         """``__init__`` kwargs from ``cfg.MODEL.PERCEP``, the network included.
 
@@ -175,8 +191,8 @@ class PerceptualLoss(nn.Module):
         p = cfg.MODEL.PERCEP
         structure = tuple(p.STRUCTURE)
         if p.PRETRAINED_VGG:
-            arch = {s: name for name, s in VGG_STRUCTURES.items()}.get(structure)
-            if arch is None or tuple(p.WIDTHS) != VGG_WIDTHS or p.KERNEL_SIZE != 3:
+            arch = vgg_arch(structure, tuple(p.WIDTHS), p.KERNEL_SIZE)
+            if arch is None:
                 raise ValueError(
                     f"MODEL.PERCEP.PRETRAINED_VGG={p.PRETRAINED_VGG!r} needs a torchvision VGG: "
                     f"MODEL.PERCEP.STRUCTURE one of {dict(VGG_STRUCTURES)}, WIDTHS {VGG_WIDTHS} "
@@ -200,11 +216,10 @@ class PerceptualLoss(nn.Module):
             "layer_weights": tuple(p.LAYER_WEIGHTS) or None,
             "loss_weight": p.LOSS_WEIGHT,
             "chunk_size": p.CHUNK_SIZE or None,
-            # Speed options; absent keys (configs from before them) mean "off".
-            "crop_margin": None if p.get("CROP_MARGIN", -1) < 0 else p.CROP_MARGIN,
-            "crop_approximate": p.get("CROP_APPROXIMATE", False),
-            "autocast_dtype": autocast_dtype(p.get("AUTOCAST", ""), "MODEL.PERCEP.AUTOCAST"),
-            "channels_last": p.get("CHANNELS_LAST", False),
+            "crop_margin": None if p.CROP_MARGIN < 0 else p.CROP_MARGIN,
+            "crop_approximate": p.CROP_APPROXIMATE,
+            "autocast_dtype": autocast_dtype(p.AUTOCAST, "MODEL.PERCEP.AUTOCAST"),
+            "channels_last": p.CHANNELS_LAST,
         }
 
     def forward(
@@ -216,6 +231,33 @@ class PerceptualLoss(nn.Module):
         boxes: torch.Tensor | None = None,
         check_values: bool = True,
     ) -> torch.Tensor:
+        """The loss of ``pred`` against ``target`` (see the class docstring for the formula).
+
+        Args:
+            pred: (n, C, H, W) float — probabilities (after sigmoid/softmax) or a regression
+                map such as depth, not logits: the network is positively homogeneous, so the
+                loss scales with the square of the input scale.
+            target: (n, C, H, W), or with ``target_index`` (G, C, H, W) holding G distinct
+                target maps; float or bool. Embedded without grad.
+            reduction: ``"mean"`` → scalar; ``"none"`` → (n,) per-instance values (already
+                multiplied by ``loss_weight``). float32 (float64 for a float64 network).
+            target_index: optional (n,) integer tensor; instance i is compared with
+                ``target[target_index[i]]``, and each of the G targets is embedded once.
+            boxes: (n, 4) float XYXY in pixels of the (H, W) maps, required with
+                ``crop_margin`` (refused without). With ``target_index`` the targets are
+                embedded whole and their features cut to the window, and the target energy
+                outside the window is added back: the value is then exact whenever ``pred``
+                is 0 outside the box, whatever the target. Planning the windows copies
+                ``boxes`` to the host (one synchronisation).
+            check_values: check on the host that pred and target are finite and
+                target_index in range (one synchronisation, shared with the boxes' copy). A
+                caller whose inputs come from its own model (the CondInst head, where a
+                non-finite loss stops the training loop anyway) passes False: without boxes
+                the loss then never waits for the device.
+
+        With no instances the mean is 0 (still connected to ``pred``'s graph). The squared
+        differences and their reduction are computed in float32, also under autocast.
+        """
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if (boxes is None) != (self.crop_margin is None):
@@ -363,6 +405,10 @@ class PerceptualLoss(nn.Module):
                 term = self.layer_weights[level] / counts[i] * diff.square().flatten(1).sum(1)
             total = term if total is None else total + term
         return total
+
+
+def _positive_ints(values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
 
 
 def _is_number(x) -> bool:

@@ -27,6 +27,14 @@ VGG_STRUCTURES = {
 INITS = ("he", "normal", "uniform", "xavier")
 
 
+def vgg_arch(structure: tuple[int, ...], widths: tuple[int, ...], kernel_size: int) -> str | None:
+    """The torchvision VGG ("vgg11", ...) with these convolutions per block, widths and kernel
+    size (whose weights :meth:`RandomPerceptualNet.from_torchvision_vgg` loads); None if none."""
+    if tuple(widths) != VGG_WIDTHS or kernel_size != 3:
+        return None
+    return {s: name for name, s in VGG_STRUCTURES.items()}.get(tuple(structure))
+
+
 class _FrozenConvFunction(torch.autograd.Function):
     """``conv2d(x, weight, bias)``, stride 1, "same" padding, differentiable in ``x`` only;
     the output in channels_last memory format if ``channels_last``.

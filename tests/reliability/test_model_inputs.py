@@ -7,7 +7,8 @@ import torch
 
 import condinst_percep.modeling.condinst.condinst as condinst_module
 from condinst_percep.config import get_cfg
-from condinst_percep.config.validate import UnsupportedConfigError, validate_cfg
+from condinst_percep.config import UnsupportedConfigError
+from condinst_percep.engine import validate_cfg
 from condinst_percep.modeling import build_model
 from condinst_percep.structures import Instances
 

@@ -7,14 +7,18 @@ registered in that order, so ``state_dict()`` lists keys in AdelaiDet's order.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 from torch.nn import functional as F
 
-from ...layers import Conv2d, ShapeSpec, c2_xavier_fill, get_norm
-from .resnet import build_resnet_backbone
+from ...config.validate import Report, check_choice
+from ...layers import Conv2d, ShapeSpec, c2_xavier_fill, check_norm_cfg, get_norm
+from .resnet import STAGE_NAMES, build_resnet_backbone
+
+FUSE_TYPES = ("sum", "avg")
 
 
 class LastLevelP6P7(nn.Module):
@@ -68,8 +72,8 @@ class FPN(nn.Module):
         fuse_type: str = "sum",
     ):
         super().__init__()
-        if fuse_type not in ("sum", "avg"):
-            raise ValueError(f"FPN fuse_type must be 'sum' or 'avg', got {fuse_type!r}")
+        if fuse_type not in FUSE_TYPES:
+            raise ValueError(f"FPN fuse_type must be one of {FUSE_TYPES}, got {fuse_type!r}")
         input_shapes = bottom_up.output_shape()
         missing = [f for f in in_features if f not in input_shapes]
         if missing:
@@ -153,19 +157,50 @@ class FPN(nn.Module):
         }
 
 
+# FCOS.TOP_LEVELS -> the block computing the extra levels from P5.
+_TOP_BLOCKS = {0: None, 1: LastLevelP6, 2: LastLevelP6P7}
+
+
+def backbone_output_names(cfg: CfgNode) -> list[str]:
+    """Names of the backbone's outputs ("p3".."p7" for the defaults) implied by the config."""
+    names = [f"p{int(re.sub('res', '', f))}" for f in cfg.MODEL.FPN.IN_FEATURES]
+    last = int(names[-1][1:]) if names else 5
+    return names + [f"p{last + i + 1}" for i in range(cfg.MODEL.FCOS.TOP_LEVELS)]
+
+
+def check_fpn_cfg(cfg: CfgNode, bad: Report) -> None:
+    """The checks of the keys :func:`build_fcos_resnet_fpn_backbone` reads on top of the
+    ResNet's: ``MODEL.FPN`` and ``MODEL.FCOS.TOP_LEVELS``."""
+    fpn = cfg.MODEL.FPN
+    check_norm_cfg(cfg, bad, "MODEL.FPN.NORM", [fpn.OUT_CHANNELS])
+    check_choice(cfg, bad, "MODEL.FPN.FUSE_TYPE", FUSE_TYPES)
+    check_choice(cfg, bad, "MODEL.FCOS.TOP_LEVELS", _TOP_BLOCKS)
+    stages = STAGE_NAMES
+    fpn_in = list(fpn.IN_FEATURES)
+    if not fpn_in or any(f not in stages for f in fpn_in):
+        bad("MODEL.FPN.IN_FEATURES", f"must be consecutive entries of {stages}")
+    elif fpn_in != stages[stages.index(fpn_in[0]) : stages.index(fpn_in[0]) + len(fpn_in)]:
+        bad("MODEL.FPN.IN_FEATURES", f"must be consecutive entries of {stages}, in order")
+    missing = [f for f in fpn_in if f not in cfg.MODEL.RESNETS.OUT_FEATURES]
+    if missing:
+        bad("MODEL.RESNETS.OUT_FEATURES", f"lacks {missing}, which MODEL.FPN.IN_FEATURES uses")
+    if fpn.OUT_CHANNELS < 1:
+        bad("MODEL.FPN.OUT_CHANNELS", "must be a positive integer")
+    if cfg.MODEL.FCOS.TOP_LEVELS and fpn_in and fpn_in[-1] != "res5":
+        bad("MODEL.FCOS.TOP_LEVELS", "P6/P7 are computed from P5, so FPN.IN_FEATURES needs res5")
+
+
 def build_fcos_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec | None = None) -> FPN:
     """AdelaiDet's ``build_fcos_resnet_fpn_backbone``: ResNet + FPN + ``FCOS.TOP_LEVELS`` extra
-    levels from P5. ``input_shape`` defaults to ``len(MODEL.PIXEL_MEAN)`` channels."""
+    levels from P5 (keys checked by ``check_resnet_cfg`` and :func:`check_fpn_cfg`). ``input_shape``
+    defaults to ``len(MODEL.PIXEL_MEAN)`` channels."""
     if input_shape is None:
         input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
     bottom_up = build_resnet_backbone(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     top_levels = cfg.MODEL.FCOS.TOP_LEVELS
-    top_blocks = {2: LastLevelP6P7, 1: LastLevelP6}
-    if top_levels not in (0, 1, 2):
-        raise ValueError(f"MODEL.FCOS.TOP_LEVELS = {top_levels}: must be 0, 1 or 2")
     top_block = (
-        top_blocks[top_levels](out_channels, out_channels, "p5") if top_levels else None
+        _TOP_BLOCKS[top_levels](out_channels, out_channels, "p5") if top_levels else None
     )
     return FPN(
         bottom_up,

@@ -11,7 +11,15 @@ from fvcore.common.config import CfgNode
 from torch import nn
 from torch.nn import functional as F
 
-from ...layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, c2_msra_fill, get_norm
+from ...config.validate import Report, check_choice
+from ...layers import (
+    Conv2d,
+    FrozenBatchNorm2d,
+    ShapeSpec,
+    c2_msra_fill,
+    check_norm_cfg,
+    get_norm,
+)
 
 STAGE_NAMES = ["res2", "res3", "res4", "res5"]
 NUM_BLOCKS_PER_STAGE = {
@@ -209,35 +217,53 @@ class ResNet(nn.Module):
         }
 
 
+def check_resnet_cfg(cfg: CfgNode, bad: Report) -> None:
+    """The checks of ``MODEL.RESNETS`` and ``MODEL.BACKBONE.FREEZE_AT`` (see
+    ``collect_problems``)."""
+    r = cfg.MODEL.RESNETS
+    check_choice(cfg, bad, "MODEL.RESNETS.DEPTH", NUM_BLOCKS_PER_STAGE)
+    check_choice(
+        cfg, bad, "MODEL.RESNETS.RES5_DILATION", (1,),
+        "a dilated res5 breaks the FPN strides CondInst relies on",
+    )
+    if cfg.MODEL.BACKBONE.ANTI_ALIAS:
+        bad("MODEL.BACKBONE.ANTI_ALIAS", "the anti-aliased (blur-pool) ResNet is not implemented")
+    if r.DEFORM_MODULATED:
+        bad("MODEL.RESNETS.DEFORM_MODULATED", "deformable convolutions are not implemented")
+    if any(r.DEFORM_ON_PER_STAGE):
+        bad("MODEL.RESNETS.DEFORM_ON_PER_STAGE", "deformable convolutions are not implemented")
+    if r.DEFORM_INTERVAL != 1:
+        bad("MODEL.RESNETS.DEFORM_INTERVAL", "AdelaiDet's interval ResNet is not implemented")
+    if not 0 <= cfg.MODEL.BACKBONE.FREEZE_AT <= 5:
+        bad("MODEL.BACKBONE.FREEZE_AT", "must be in 0..5 (0 = train all, 5 = freeze res5 too)")
+    for key in ("STEM_OUT_CHANNELS", "RES2_OUT_CHANNELS", "NUM_GROUPS", "WIDTH_PER_GROUP"):
+        if r[key] < 1:
+            bad(f"MODEL.RESNETS.{key}", "must be a positive integer")
+    if r.DEPTH in (18, 34) and (r.NUM_GROUPS != 1 or r.WIDTH_PER_GROUP != 64):
+        bad("MODEL.RESNETS.NUM_GROUPS", "ResNet-18/34 have no grouped convs (needs 1 and 64)")
+    unknown = [f for f in r.OUT_FEATURES if f not in ["stem"] + STAGE_NAMES]
+    if unknown:
+        bad("MODEL.RESNETS.OUT_FEATURES", f"has unknown names {unknown}")
+    widths = [r.STEM_OUT_CHANNELS] + [r.RES2_OUT_CHANNELS * 2**i for i in range(4)]
+    if r.DEPTH >= 50:
+        widths += [r.NUM_GROUPS * r.WIDTH_PER_GROUP * 2**i for i in range(4)]
+    check_norm_cfg(cfg, bad, "MODEL.RESNETS.NORM", widths, optional=False)
+
+
 def build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
-    """ResNet from ``cfg.MODEL.RESNETS`` and ``cfg.MODEL.BACKBONE.FREEZE_AT``.
+    """ResNet from ``cfg.MODEL.RESNETS`` and ``cfg.MODEL.BACKBONE.FREEZE_AT`` (checked by
+    :func:`check_resnet_cfg`).
 
     Unlike detectron2, ResNet-18/34 accept any ``RES2_OUT_CHANNELS``/``STEM_OUT_CHANNELS``, so
     tiny models can be built for CPU experiments.
     """
     r = cfg.MODEL.RESNETS
     depth = r.DEPTH
-    if depth not in NUM_BLOCKS_PER_STAGE:
-        raise ValueError(
-            f"MODEL.RESNETS.DEPTH = {depth} is not supported; choose {sorted(NUM_BLOCKS_PER_STAGE)}"
-        )
-    if any(r.DEFORM_ON_PER_STAGE):
-        raise ValueError("MODEL.RESNETS.DEFORM_ON_PER_STAGE: deformable convs are not implemented")
-    if r.RES5_DILATION != 1:
-        raise ValueError(f"MODEL.RESNETS.RES5_DILATION = {r.RES5_DILATION}: only 1 is supported")
-    if depth in (18, 34) and (r.NUM_GROUPS != 1 or r.WIDTH_PER_GROUP != 64):
-        raise ValueError(
-            f"MODEL.RESNETS.NUM_GROUPS = {r.NUM_GROUPS}, WIDTH_PER_GROUP = {r.WIDTH_PER_GROUP}: "
-            "ResNet-18/34 have no grouped convs (use 1 and 64)"
-        )
     norm = r.NORM
     stem = BasicStem(input_shape.channels, r.STEM_OUT_CHANNELS, norm)
     in_channels = r.STEM_OUT_CHANNELS
     out_channels = r.RES2_OUT_CHANNELS
     bottleneck_channels = r.NUM_GROUPS * r.WIDTH_PER_GROUP
-    unknown = [f for f in r.OUT_FEATURES if f not in ["stem"] + STAGE_NAMES]
-    if unknown:
-        raise ValueError(f"MODEL.RESNETS.OUT_FEATURES has unknown names {unknown}")
     # Like detectron2, stages after the last requested output are not built.
     num_stages = max((STAGE_NAMES.index(f) + 1 for f in r.OUT_FEATURES if f != "stem"), default=0)
     stages = []

@@ -8,14 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config.validate import Report, check_choice
 from ...layers import aligned_bilinear, guard_batch_statistics
 from ...layers.host_values import segment_ids
 from ...structures import Instances, clip_boxes, nonempty_boxes, scale_boxes
 from ..fcos import FCOS
 from ..fcos.fcos_targets import mask_centroids
-from .dynamic_mask_head import build_mask_head
+from ..backbone import build_backbone, check_backbone_cfg
+from .dynamic_mask_head import build_mask_head, check_mask_head_cfg
 from .inputs import check_gt_instances, check_image
 from .mask_branch import MaskBranch
+from .percep_mask_head import check_percep_enabled
 from .teacher import build_teacher, wants_teacher
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,9 @@ class CondInst(nn.Module):
     ``gt_boxes`` float (G, 4) XYXY, ``gt_classes`` int64 (G,), ``gt_masks`` bool (G, H, W).
     Training returns the loss dict; inference returns ``[{"instances": Instances((height,
     width), pred_boxes, scores, pred_classes, pred_masks bool (K, height, width))}]``.
+
+    ``max_proposals`` and ``topk_proposals_per_im`` (-1: off) exclude each other (a config
+    asking for both is refused by :meth:`check_cfg`).
     """
 
     def __init__(
@@ -62,10 +68,6 @@ class CondInst(nn.Module):
         topk_proposals_per_im: int = -1,
     ):
         super().__init__()
-        if max_proposals > 0 and topk_proposals_per_im > 0:
-            raise ValueError(
-                "MODEL.CONDINST.MAX_PROPOSALS and TOPK_PROPOSALS_PER_IM are mutually exclusive"
-            )
         self.backbone = backbone
         self.proposal_generator = proposal_generator
         self.mask_head = mask_head
@@ -80,8 +82,47 @@ class CondInst(nn.Module):
         guard_batch_statistics(self, _NORM_KEYS)
 
     @classmethod
+    def check_cfg(cls, cfg, bad: Report) -> None:
+        """The checks of every key CondInst reads: its own, then its parts' (backbone, FCOS,
+        mask branch, mask head). See ``collect_problems``."""
+        m, ci = cfg.MODEL, cfg.MODEL.CONDINST
+        check_choice(cfg, bad, "MODEL.MASK_ON", (True,), "CondInst always predicts masks")
+        check_choice(cfg, bad, "MODEL.KEYPOINT_ON", (False,))
+        check_choice(cfg, bad, "MODEL.LOAD_PROPOSALS", (False,))
+        check_choice(cfg, bad, "MODEL.PROPOSAL_GENERATOR.NAME", ("FCOS",))
+        check_choice(
+            cfg, bad, "MODEL.CONDINST.BOTTOM_PIXELS_REMOVED", (-1,),
+            "AdelaiDet ignores it (BoxInst only)",
+        )
+        check_choice(
+            cfg, bad, "TEST.DETECTIONS_PER_IMAGE", (100,),
+            "CondInst keeps MODEL.FCOS.POST_NMS_TOPK_TEST detections",
+        )
+        if m.BOXINST.ENABLED:
+            bad("MODEL.BOXINST.ENABLED", "BoxInst (box-supervised training) is not implemented")
+        if len(m.PIXEL_MEAN) != 3 or len(m.PIXEL_STD) != 3 or min(m.PIXEL_STD) <= 0:
+            bad("MODEL.PIXEL_STD", "PIXEL_MEAN and PIXEL_STD need 3 values, PIXEL_STD positive")
+        if ci.MAX_PROPOSALS > 0 and ci.TOPK_PROPOSALS_PER_IM > 0:
+            bad("MODEL.CONDINST.MAX_PROPOSALS", "and TOPK_PROPOSALS_PER_IM are mutually exclusive")
+        for key in ("MAX_PROPOSALS", "TOPK_PROPOSALS_PER_IM"):
+            if ci[key] == 0 or ci[key] < -1:
+                bad(f"MODEL.CONDINST.{key}", "must be -1 (off) or a positive integer")
+        mask_in = list(ci.MASK_BRANCH.IN_FEATURES)
+        if mask_in and mask_in[0][1:].isdigit():
+            mask_stride = 2 ** int(mask_in[0][1:])
+            if ci.MASK_OUT_STRIDE < 1 or mask_stride % ci.MASK_OUT_STRIDE:
+                bad(
+                    "MODEL.CONDINST.MASK_OUT_STRIDE",
+                    f"must divide the mask-branch stride {mask_stride} (of {mask_in[0]})",
+                )
+        check_backbone_cfg(cfg, bad)
+        FCOS.check_cfg(cfg, bad)
+        MaskBranch.check_cfg(cfg, bad)
+        check_mask_head_cfg(cfg, bad)
+        check_percep_enabled(cfg, bad)
+
+    @classmethod
     def from_config(cls, cfg) -> dict:
-        from ..backbone import build_backbone
 
         backbone = build_backbone(cfg)
         output_shape = backbone.output_shape()

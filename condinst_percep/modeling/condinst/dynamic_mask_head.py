@@ -21,12 +21,23 @@ import torch.nn.functional as F
 from fvcore.common.registry import Registry
 from torch import nn
 
+from ...config.validate import Report, check_choice
 from ...layers import aligned_bilinear, dice_coefficient
 from ...structures import Instances
 from ..fcos.fcos_targets import compute_locations
 
 MASK_HEAD_REGISTRY = Registry("MASK_HEAD")
-MASK_HEAD_REGISTRY.__doc__ = """Mask heads of CondInst, built as ``cls(**cls.from_config(cfg))``."""
+MASK_HEAD_REGISTRY.__doc__ = """Mask heads of CondInst, built as ``cls(**cls.from_config(cfg))``,
+their keys checked by ``cls.check_cfg(cfg, bad)``."""
+
+
+def check_mask_head_cfg(cfg, bad: Report) -> None:
+    """``MODEL.CONDINST.MASK_HEAD.NAME`` (a registered head) and that head's keys."""
+    name = cfg.MODEL.CONDINST.MASK_HEAD.NAME
+    registered = sorted(k for k, _ in MASK_HEAD_REGISTRY)
+    check_choice(cfg, bad, "MODEL.CONDINST.MASK_HEAD.NAME", registered, "not registered")
+    if name in registered:
+        MASK_HEAD_REGISTRY.get(name).check_cfg(cfg, bad)
 
 
 def build_mask_head(cfg, teacher: nn.Module | None = None) -> nn.Module:
@@ -89,8 +100,6 @@ class DynamicMaskHead(nn.Module):
         sizes_of_interest: list[int] = (64, 128, 256, 512),
     ):
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"MODEL.CONDINST.MASK_HEAD.NUM_LAYERS must be >= 1, got {num_layers}")
         self.in_channels = in_channels
         self.channels = channels
         self.num_layers = num_layers
@@ -110,6 +119,18 @@ class DynamicMaskHead(nn.Module):
         self.weight_nums = weight_nums
         self.bias_nums = bias_nums
         self.num_gen_params = sum(weight_nums) + sum(bias_nums)
+
+    @classmethod
+    def check_cfg(cls, cfg, bad: Report) -> None:
+        """The checks of ``MODEL.CONDINST.MASK_HEAD`` (see ``collect_problems``); a subclass
+        with keys of its own extends it (calling ``super().check_cfg``)."""
+        mh = cfg.MODEL.CONDINST.MASK_HEAD
+        check_choice(
+            cfg, bad, "MODEL.CONDINST.MASK_HEAD.USE_FP16", (False,),
+            "AdelaiDet ignores it; use SOLVER.AMP",
+        )
+        if mh.NUM_LAYERS < 1 or mh.CHANNELS < 1:
+            bad("MODEL.CONDINST.MASK_HEAD.NUM_LAYERS", "NUM_LAYERS and CHANNELS must be positive")
 
     @classmethod
     def from_config(cls, cfg) -> dict:

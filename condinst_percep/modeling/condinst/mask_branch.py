@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...layers import ShapeSpec, aligned_bilinear, get_norm
+from ...config.validate import Report
+from ...layers import ShapeSpec, aligned_bilinear, check_norm_cfg, get_norm
+from ..backbone import backbone_output_names
 
 
 def conv_block(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
@@ -50,13 +52,31 @@ class MaskBranch(nn.Module):
         self.tower = nn.Sequential(*tower)
 
     @classmethod
-    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+    def check_cfg(cls, cfg, bad: Report) -> None:
+        """The checks of ``MODEL.CONDINST.MASK_BRANCH`` (see ``collect_problems``)."""
         mb = cfg.MODEL.CONDINST.MASK_BRANCH
         if mb.SEMANTIC_LOSS_ON:
-            raise ValueError(
-                "MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON = True: the semantic loss is not "
-                "implemented"
+            bad(
+                "MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON",
+                "the auxiliary semantic loss of the '_sem' models is not implemented "
+                "(their checkpoints still load: the extra keys are skipped)",
             )
+        outputs = backbone_output_names(cfg)
+        if not mb.IN_FEATURES or any(x not in outputs for x in mb.IN_FEATURES):
+            bad(
+                "MODEL.CONDINST.MASK_BRANCH.IN_FEATURES",
+                f"must be a non-empty subset of the backbone outputs {outputs}",
+            )
+        for key in ("OUT_CHANNELS", "CHANNELS"):
+            if mb[key] < 1:
+                bad(f"MODEL.CONDINST.MASK_BRANCH.{key}", "must be a positive integer")
+        if mb.NUM_CONVS < 0:
+            bad("MODEL.CONDINST.MASK_BRANCH.NUM_CONVS", "must be >= 0")
+        check_norm_cfg(cfg, bad, "MODEL.CONDINST.MASK_BRANCH.NORM", [mb.CHANNELS])
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        mb = cfg.MODEL.CONDINST.MASK_BRANCH
         missing = [f for f in mb.IN_FEATURES if f not in input_shape]
         if missing:
             raise ValueError(

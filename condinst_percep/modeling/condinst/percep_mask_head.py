@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...config.validate import Report
 from ...layers.host_values import values_on
 from ...perceptual import PerceptualLoss
 from ...perceptual.precision import AUTOCAST_NAMES, autocast_context, autocast_dtype
@@ -16,6 +17,14 @@ from ...structures import Instances
 from .dynamic_mask_head import MASK_HEAD_REGISTRY, DynamicMaskHead
 
 TARGETS = ("teacher", "gt")
+
+
+def check_percep_enabled(cfg, bad: Report) -> None:
+    """``MODEL.PERCEP.ENABLED`` needs a :class:`PercepMaskHead` (which needs it True, see
+    :meth:`PercepMaskHead.check_cfg`): the perceptual loss is computed nowhere else."""
+    head = cfg.MODEL.CONDINST.MASK_HEAD.NAME
+    if cfg.MODEL.PERCEP.ENABLED and head != "PercepMaskHead":
+        bad("MODEL.CONDINST.MASK_HEAD.NAME", "MODEL.PERCEP.ENABLED needs 'PercepMaskHead'")
 
 
 @MASK_HEAD_REGISTRY.register()
@@ -50,8 +59,6 @@ class PercepMaskHead(DynamicMaskHead):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if target not in TARGETS:
-            raise ValueError(f"MODEL.PERCEP.TARGET must be one of {TARGETS}, got {target!r}")
         if (target == "teacher") != (teacher is not None):
             raise ValueError(
                 f"PercepMaskHead: target {target!r} "
@@ -77,16 +84,38 @@ class PercepMaskHead(DynamicMaskHead):
         self.__dict__["teacher"] = teacher
 
     @classmethod
+    def check_cfg(cls, cfg, bad: Report) -> None:
+        """The parent's checks, the perceptual loss's (``PerceptualLoss.check_cfg``), the
+        target's and ``MODEL.TEACHER``'s."""
+        super().check_cfg(cfg, bad)
+        p, t = cfg.MODEL.PERCEP, cfg.MODEL.TEACHER
+        if not p.ENABLED:
+            bad("MODEL.PERCEP.ENABLED", "MASK_HEAD.NAME 'PercepMaskHead' needs it True")
+        if p.TARGET not in TARGETS:
+            bad("MODEL.PERCEP.TARGET", f"must be one of {TARGETS}")
+        PerceptualLoss.check_cfg(cfg, bad)
+        if not p.ENABLED:
+            return
+        if t.AUTOCAST not in AUTOCAST_NAMES:
+            bad("MODEL.TEACHER.AUTOCAST", f"must be one of {tuple(AUTOCAST_NAMES)}")
+        if p.TARGET == "teacher":
+            for key in ("CONFIG_FILE", "WEIGHTS"):
+                if not t[key]:
+                    bad(f"MODEL.TEACHER.{key}", "MODEL.PERCEP.TARGET 'teacher' needs it")
+        elif p.TARGET == "gt":
+            for key in ("CONFIG_FILE", "WEIGHTS", "AUTOCAST"):
+                if t[key]:
+                    bad(f"MODEL.TEACHER.{key}", "would be ignored: MODEL.PERCEP.TARGET is 'gt'")
+
+    @classmethod
     def from_config(cls, cfg, teacher: nn.Module | None = None) -> dict:
         """``teacher``: the frozen model of ``MODEL.TEACHER`` (``CondInst.from_config`` builds
         it), required with ``MODEL.PERCEP.TARGET`` "teacher"."""
         p = cfg.MODEL.PERCEP
         speed_keys = (("CROP_MARGIN", int), ("CROP_APPROXIMATE", bool), ("CHANNELS_LAST", bool))
         for key, kind in speed_keys:
-            value = p.get(key)
-            if value is not None and (
-                not isinstance(value, kind) or (kind is int and isinstance(value, bool))
-            ):
+            value = p[key]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ValueError(f"MODEL.PERCEP.{key} must be {kind.__name__}, got {value!r}")
         try:
             percep_loss = PerceptualLoss(**PerceptualLoss.from_config(cfg, in_channels=1))
@@ -97,9 +126,7 @@ class PercepMaskHead(DynamicMaskHead):
             percep_loss=percep_loss,
             target=p.TARGET,
             teacher=teacher,
-            teacher_autocast=autocast_dtype(
-                cfg.MODEL.TEACHER.get("AUTOCAST", ""), "MODEL.TEACHER.AUTOCAST"
-            ),
+            teacher_autocast=autocast_dtype(cfg.MODEL.TEACHER.AUTOCAST, "MODEL.TEACHER.AUTOCAST"),
             fpn_strides=tuple(cfg.MODEL.FCOS.FPN_STRIDES),
         )
 

@@ -14,15 +14,11 @@ from fvcore.common.config import CfgNode
 
 from torch import nn
 
-from ...checkpoint import (
-    CheckpointMismatchError,
-    check_format_conventions,
-    load_model_weights,
-    read_checkpoint,
-    resolve_path,
-)
-from ...config import get_cfg, validate_cfg
-from ...config.validate import backbone_output_names
+from ...checkpoint import CheckpointMismatchError, Checkpointer
+from ...config import get_cfg
+from ...config.config import lookup
+from ...config.validate import check_cfg, collect_problems
+from ..backbone import backbone_output_names
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +33,10 @@ _MUST_MATCH = {
 }
 
 
-def _get(cfg: CfgNode, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return list(node) if isinstance(node, (list, tuple)) else node
+def _value(cfg: CfgNode, key: str):
+    # Lists and tuples (YAML vs defaults) compare and print alike.
+    value = lookup(cfg, key)
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def load_teacher_cfg(config_file: str) -> CfgNode:
@@ -64,9 +59,10 @@ def load_teacher_cfg(config_file: str) -> CfgNode:
 def check_teacher_cfg(student_cfg: CfgNode, teacher_cfg: CfgNode, config_file: str) -> None:
     """Raise ValueError naming every key in which the teacher cannot serve the student."""
     problems = [
-        f"{key}: teacher {_get(teacher_cfg, key)!r} vs student {_get(student_cfg, key)!r} ({why})"
+        f"{key}: teacher {_value(teacher_cfg, key)!r} vs student {_value(student_cfg, key)!r} "
+        f"({why})"
         for key, why in _MUST_MATCH.items()
-        if _get(teacher_cfg, key) != _get(student_cfg, key)
+        if _value(teacher_cfg, key) != _value(student_cfg, key)
     ]
     # The padding multiple is the stride of the last backbone output (FPN top levels included).
     t_top, s_top = backbone_output_names(teacher_cfg)[-1], backbone_output_names(student_cfg)[-1]
@@ -99,7 +95,7 @@ def build_teacher(student_cfg: CfgNode, model_cls: type[nn.Module]) -> nn.Module
     t = student_cfg.MODEL.TEACHER
     cfg = load_teacher_cfg(t.CONFIG_FILE)
     check_teacher_cfg(student_cfg, cfg, t.CONFIG_FILE)
-    validate_cfg(cfg)
+    collect_problems(cfg, [check_cfg, model_cls.check_cfg])
     cfg.MODEL.DEVICE = "cpu"
     teacher = model_cls(**model_cls.from_config(cfg))
     weights = t.WEIGHTS
@@ -110,9 +106,9 @@ def build_teacher(student_cfg: CfgNode, model_cls: type[nn.Module]) -> nn.Module
             f"MODEL.TEACHER.CONFIG_FILE = {t.CONFIG_FILE!r} first; its final checkpoint is "
             f"OUTPUT_DIR/model_final.pth"
         )
-    raw = read_checkpoint(resolve_path(weights))
-    check_format_conventions(raw.format, cfg, weights)
-    report = load_model_weights(teacher, raw.state_dict, source=weights, dropped=raw.dropped)
+    checkpointer = Checkpointer(teacher, cfg=cfg, save_to_disk=False)
+    checkpointer.load(weights)
+    report = checkpointer.last_report
     if report.missing or report.mismatched:
         raise CheckpointMismatchError(
             f"MODEL.TEACHER.WEIGHTS = {weights!r} does not hold the whole teacher "

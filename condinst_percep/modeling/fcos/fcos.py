@@ -5,11 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...config.validate import Report, check_choice
 from ...layers import ShapeSpec
+from ...layers.losses import LOC_LOSS_TYPES
 from ...structures import Instances
-from .fcos_head import FCOSHead
-from .fcos_outputs import FCOSOutputs
+from ..backbone import backbone_output_names
+from .fcos_head import HEAD_NORMS, FCOSHead
+from .fcos_outputs import BOX_QUALITIES, LOSS_NORMALIZERS, FCOSOutputs
 from .fcos_targets import compute_locations, flatten_predictions
+
+_TOPK_KEYS = (
+    "PRE_NMS_TOPK_TRAIN", "PRE_NMS_TOPK_TEST", "POST_NMS_TOPK_TRAIN", "POST_NMS_TOPK_TEST"
+)
 
 
 class FCOS(nn.Module):
@@ -23,6 +30,71 @@ class FCOS(nn.Module):
         self.fcos_head = fcos_head
         self.fcos_outputs = fcos_outputs
         self.in_channels_to_top_module = fcos_head.in_channels_to_top_module
+
+    @classmethod
+    def check_cfg(cls, cfg, bad: Report) -> None:
+        """The checks of ``MODEL.FCOS`` (see ``collect_problems``); the head's, the targets'
+        and the losses' keys included."""
+        f = cfg.MODEL.FCOS
+        check_choice(cfg, bad, "MODEL.FCOS.NORM", HEAD_NORMS)
+        check_choice(cfg, bad, "MODEL.FCOS.BOX_QUALITY", BOX_QUALITIES)
+        check_choice(cfg, bad, "MODEL.FCOS.LOSS_NORMALIZER_CLS", LOSS_NORMALIZERS)
+        check_choice(cfg, bad, "MODEL.FCOS.LOC_LOSS_TYPE", LOC_LOSS_TYPES)
+        check_choice(
+            cfg, bad, "MODEL.FCOS.USE_RELU", (True,), "AdelaiDet ignores it and always applies ReLU"
+        )
+        check_choice(cfg, bad, "MODEL.FCOS.YIELD_PROPOSAL", (False,))
+        check_choice(cfg, bad, "MODEL.FCOS.YIELD_BOX_FEATURES", (False,))
+        if f.USE_DEFORMABLE:
+            bad("MODEL.FCOS.USE_DEFORMABLE", "deformable convolutions are not implemented")
+        outputs = backbone_output_names(cfg)
+        if not f.IN_FEATURES or any(x not in outputs for x in f.IN_FEATURES):
+            bad(
+                "MODEL.FCOS.IN_FEATURES",
+                f"must be a non-empty subset of the backbone outputs {outputs}",
+            )
+        expected_strides = [2 ** int(x[1:]) for x in f.IN_FEATURES if x[1:].isdigit()]
+        if list(f.FPN_STRIDES) != expected_strides:
+            bad("MODEL.FCOS.FPN_STRIDES", f"must be FCOS.IN_FEATURES' strides {expected_strides}")
+        soi = list(f.SIZES_OF_INTEREST)
+        if len(soi) != len(f.IN_FEATURES) - 1 or soi != sorted(set(soi)) or (soi and soi[0] <= 0):
+            bad(
+                "MODEL.FCOS.SIZES_OF_INTEREST",
+                "needs len(FCOS.IN_FEATURES) - 1 positive, strictly increasing values",
+            )
+        if f.NUM_CLASSES < 1:
+            bad("MODEL.FCOS.NUM_CLASSES", "must be a positive integer")
+        if not 0.0 < f.PRIOR_PROB < 1.0:
+            bad("MODEL.FCOS.PRIOR_PROB", "must lie in (0, 1)")
+        for key in ("INFERENCE_TH_TRAIN", "INFERENCE_TH_TEST", "NMS_TH", "LOSS_ALPHA"):
+            if not 0.0 <= f[key] <= 1.0:
+                bad(f"MODEL.FCOS.{key}", "must lie in [0, 1]")
+        for key in _TOPK_KEYS:
+            if f[key] < 1:
+                bad(f"MODEL.FCOS.{key}", "must be a positive integer")
+        for key in ("NUM_CLS_CONVS", "NUM_BOX_CONVS", "NUM_SHARE_CONVS"):
+            if f[key] < 0:
+                bad(f"MODEL.FCOS.{key}", "must be >= 0")
+        if f.LOSS_GAMMA < 0 or f.LOSS_WEIGHT_CLS < 0 or f.POS_RADIUS <= 0:
+            bad("MODEL.FCOS.LOSS_GAMMA", "LOSS_GAMMA, LOSS_WEIGHT_CLS must be >= 0, POS_RADIUS > 0")
+        channels = cfg.MODEL.FPN.OUT_CHANNELS
+        if f.NORM in ("GN", "NaiveGN") and channels % 32:
+            bad("MODEL.FCOS.NORM", "GN uses 32 groups: MODEL.FPN.OUT_CHANNELS must divide by 32")
+        elif f.NORM in ("GN", "NaiveGN") and channels == 32 and expected_strides:
+            # One channel per group: on a 1x1 map (an image padded to the top stride) a group
+            # holds a single value, which GroupNorm refuses at batch 1 and maps to its bias
+            # otherwise.
+            top = max(expected_strides)
+            smallest = min([*cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST])
+            if smallest <= top:
+                bad(
+                    "MODEL.FPN.OUT_CHANNELS",
+                    f"with MODEL.FCOS.NORM {f.NORM!r} (32 groups) leaves one channel per group, "
+                    f"and images resized to {smallest} px (INPUT.MIN_SIZE_TRAIN/TEST; 0 = not "
+                    f"resized) can have a 1x1 map at stride {top}, where each group normalises a "
+                    f"single value (torch raises at batch 1, the output is only the bias "
+                    f"otherwise); use 64+ channels or a minimum size above {top}",
+                )
 
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
