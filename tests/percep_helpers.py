@@ -1,44 +1,28 @@
-"""Tiny CondInst configs, inputs and AdelaiDet-format teacher files for the test_percep_* tests."""
+"""The perceptual tests' student config, inputs and AdelaiDet-format teacher files."""
 import torch
 
-from condinst_percep.config import get_cfg
 from condinst_percep.modeling import CondInst
 from condinst_percep.structures import Instances
+from tests.conftest import tiny_cfg
 
 
-def _set(cfg, key, value):
-    node = cfg
-    *path, last = key.split(".")
-    for p in path:
-        node = node[p]
-    node[last] = value
-
-
-def tiny_cfg(**overrides):
-    """A plain CondInst R-18 with small widths (CPU, 3 classes, every detection kept)."""
-    cfg = get_cfg()
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 16
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 16
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    cfg.MODEL.FCOS.NUM_CLASSES = 3
-    cfg.MODEL.FCOS.NUM_CLS_CONVS = 1
-    cfg.MODEL.FCOS.NUM_BOX_CONVS = 1
-    cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.0
-    cfg.MODEL.FCOS.POST_NMS_TOPK_TEST = 20
-    cfg.MODEL.CONDINST.MAX_PROPOSALS = 9
-    cfg.MODEL.CONDINST.MASK_BRANCH.CHANNELS = 32
-    cfg.MODEL.CONDINST.MASK_BRANCH.NUM_CONVS = 1
-    for key, value in overrides.items():
-        _set(cfg, key, value)
-    return cfg
+# The perceptual tests' student: tiny_cfg with a 16-channel stem and res2, a 32-channel FPN and
+# mask branch, 3 classes, at most 9 proposals, every detection kept (up to 20 per image).
+STUDENT = {
+    "MODEL.RESNETS.STEM_OUT_CHANNELS": 16,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": 16,
+    "MODEL.FPN.OUT_CHANNELS": 32,
+    "MODEL.FCOS.NUM_CLASSES": 3,
+    "MODEL.FCOS.INFERENCE_TH_TEST": 0.0,
+    "MODEL.FCOS.POST_NMS_TOPK_TEST": 20,
+    "MODEL.CONDINST.MAX_PROPOSALS": 9,
+    "MODEL.CONDINST.MASK_BRANCH.CHANNELS": 32,
+}
 
 
 def tiny_percep_cfg(target, teacher_config="", teacher_weights="", **overrides):
-    """tiny_cfg with the perceptual loss on (a 2-block loss network, chunks of 4)."""
-    cfg = tiny_cfg(**overrides)
+    """The STUDENT with the perceptual loss on (a 2-block loss network, chunks of 4)."""
+    cfg = tiny_cfg(**{**STUDENT, **overrides})
     cfg.MODEL.CONDINST.MASK_HEAD.NAME = "PercepMaskHead"
     cfg.MODEL.PERCEP.ENABLED = True
     cfg.MODEL.PERCEP.STRUCTURE = (1, 2)
@@ -54,7 +38,7 @@ def write_teacher(folder, **overrides):
     """Writes a teacher config (R-34, wider than the student) and an AdelaiDet-style checkpoint
     (``{"model": state_dict, "iteration": ...}`` without ``mask_head._iter``, as in the model
     zoo) into ``folder``; returns (config path, weights path)."""
-    cfg = tiny_cfg(**{"MODEL.RESNETS.DEPTH": 34, "MODEL.RESNETS.RES2_OUT_CHANNELS": 32, **overrides})
+    cfg = tiny_cfg(**{**STUDENT, "MODEL.RESNETS.DEPTH": 34, "MODEL.RESNETS.RES2_OUT_CHANNELS": 32, **overrides})
     config_file = folder / "teacher.yaml"
     config_file.write_text(cfg.dump())
     torch.manual_seed(1234)

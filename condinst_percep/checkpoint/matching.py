@@ -12,11 +12,13 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# Checkpoint keys of AdelaiDet features we do not build: reported, then skipped.
-_SKIPPED_PREFIXES = {
-    "mask_branch.seg_head.": "semantic-loss head of the '_sem' models (not implemented)",
-    "mask_branch.logits.": "semantic-loss head of the '_sem' models (not implemented)",
-}
+# Checkpoint keys of optional AdelaiDet heads: loaded when the model has them, else reported
+# and skipped (a '_sem' checkpoint fine-tuned or evaluated without its semantic head).
+_SEM_HEAD = (
+    "semantic-loss head of the '_sem' models, not in this model "
+    "(MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON is off)"
+)
+_SKIPPED_PREFIXES = {"mask_branch.seg_head.": _SEM_HEAD, "mask_branch.logits.": _SEM_HEAD}
 
 
 def _expected_missing(key: str) -> bool:

@@ -13,9 +13,11 @@ differences:
   semantic/panoptic segmentation) are absent: setting one of their keys fails loudly as an
   unknown key instead of being silently ignored.
 
-Keys of AdelaiDet features that are not implemented (BoxInst, BiFPN, MobileNet, deformable convs,
-anti-aliasing, the semantic loss) exist so that AdelaiDet YAMLs load; the checks of the
-components (``condinst_percep.engine.validate_cfg``) refuse a config that asks for any of them.
+Keys of AdelaiDet features that are not implemented (BoxInst, MobileNet, deformable convs,
+anti-aliasing) exist so that AdelaiDet YAMLs load; the checks of the components
+(``condinst_percep.engine.validate_cfg``) refuse a config that asks for any of them.
+``MODEL.BiFPN.*`` and ``MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON`` are read by the BiFPN
+backbone and the mask branch.
 """
 from .config import CfgNode as CN
 

@@ -20,7 +20,7 @@ Check = Callable[[CfgNode, Report], None]
 
 # Prefixes of keys kept only so AdelaiDet YAMLs load: nothing reads them, so a non-default value
 # asks for a feature that is not implemented. (MODEL.BOXINST.ENABLED has its own reason.)
-_COMPAT_ONLY_PREFIXES = ("MODEL.BOXINST.", "MODEL.BiFPN.", "MODEL.TOP_MODULE.")
+_COMPAT_ONLY_PREFIXES = ("MODEL.BOXINST.", "MODEL.TOP_MODULE.")
 
 
 class UnsupportedConfigError(ValueError):

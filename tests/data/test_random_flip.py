@@ -11,7 +11,8 @@ from condinst_percep.data import BoxMode, DatasetMapper
 from condinst_percep.data.transforms import RandomFlip
 from condinst_percep.engine import Trainer, validate_cfg
 from condinst_percep.utils.events import EventStorage
-from percep_helpers import tiny_cfg
+from tests.conftest import tiny_cfg
+from tests.percep_helpers import STUDENT
 
 H, W = 48, 64
 
@@ -34,7 +35,7 @@ def record(tmp_path):
 
 def _flip_cfg(value):
     # Images keep their size (short edge H); 64 FPN channels: two per GN group on 1x1 maps.
-    return tiny_cfg(**{"INPUT.RANDOM_FLIP": value, "INPUT.MIN_SIZE_TRAIN": (H,),
+    return tiny_cfg(**{**STUDENT, "INPUT.RANDOM_FLIP": value, "INPUT.MIN_SIZE_TRAIN": (H,),
                        "INPUT.MIN_SIZE_TRAIN_SAMPLING": "choice", "INPUT.MAX_SIZE_TRAIN": 1000,
                        "MODEL.FPN.OUT_CHANNELS": 64})
 

@@ -1,4 +1,5 @@
-"""Writers of small COCO datasets and of bad files (images, json) for the reliability tests."""
+"""Writers of small COCO datasets and of bad files (images, json), a model that detects nothing,
+and the data config of the reliability tests."""
 
 import copy
 import json
@@ -8,6 +9,11 @@ import struct
 import cv2
 import numpy as np
 import pytest
+import torch
+from torch import nn
+
+from condinst_percep.structures import Instances
+from tests.conftest import tiny_cfg
 
 H, W = 24, 32
 CATEGORIES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
@@ -57,6 +63,31 @@ def write_dataset(folder, dataset: dict, write_images: bool = True) -> tuple[str
     return json_file, image_root
 
 
+def coco_name(json_file: str, image_root: str) -> str:
+    """The ``coco:JSON:IMAGES`` dataset name of a written dataset (no registration needed)."""
+    return f"coco:{json_file}:{image_root}"
+
+
+class EmptyPredictor(nn.Module):
+    """Stands in for a model: no detection on any image."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_calls = 0
+
+    def forward(self, batched_inputs):
+        self.num_calls += 1
+        outputs = []
+        for x in batched_inputs:
+            h, w = x["height"], x["width"]
+            outputs.append({"instances": Instances(
+                (h, w), pred_boxes=torch.zeros(0, 4), scores=torch.zeros(0),
+                pred_classes=torch.zeros(0, dtype=torch.int64),
+                pred_masks=torch.zeros(0, h, w, dtype=torch.bool),
+            )})
+        return outputs
+
+
 def jpeg_with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
     """Inserts an APP1 EXIF segment holding only the orientation tag (0x0112) after SOI."""
     tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1)
@@ -66,13 +97,12 @@ def jpeg_with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
 
 
 @pytest.fixture
-def tiny_cfg():
-    from condinst_percep.config import get_cfg
-
-    cfg = get_cfg()
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (24,), 64
-    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 24, 64
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.SOLVER.IMS_PER_BATCH = 2
-    cfg.SEED = 3
-    return cfg
+def data_cfg():
+    """tiny_cfg loading 24-64 px images, 2 a batch, in the main process, with seed 3."""
+    return tiny_cfg(**{
+        "INPUT.MIN_SIZE_TRAIN": (24,), "INPUT.MAX_SIZE_TRAIN": 64,
+        "INPUT.MIN_SIZE_TEST": 24, "INPUT.MAX_SIZE_TEST": 64,
+        "DATALOADER.NUM_WORKERS": 0,
+        "SOLVER.IMS_PER_BATCH": 2,
+        "SEED": 3,
+    })

@@ -5,7 +5,6 @@ import logging
 import os
 import pickle
 import shutil
-import sys
 import zipfile
 
 import pytest
@@ -14,12 +13,7 @@ import torch
 from condinst_percep.checkpoint import CheckpointFileError, CheckpointMismatchError
 from condinst_percep.config import ConfigKeyError
 from condinst_percep.config.validate import UnsupportedConfigError
-from condinst_percep.engine import default_argument_parser
-
-from .train_helpers import CONFIG, REPO, make_shapes, tiny_opts
-
-sys.path.insert(0, REPO)
-import train_net  # noqa: E402
+from tests.train_helpers import CONFIG, make_shapes, run_main, tiny_opts
 
 pytestmark = pytest.mark.slow
 
@@ -45,11 +39,6 @@ def _one_thread_and_loggers_restored():
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     return make_shapes(tmp_path_factory.mktemp("shapes"))
-
-
-def run_main(argv, config=CONFIG):
-    args = default_argument_parser().parse_args(["--config-file", str(config)] + argv)
-    return train_net.main(args)
 
 
 def short(shapes, out, **extra):

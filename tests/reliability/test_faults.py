@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from condinst_percep.checkpoint import Checkpointer
-
-from .train_helpers import ENV, REPO, make_shapes, run_train_net, tiny_opts, train_cmd
+from tests.train_helpers import ENV, make_shapes, run_train_net, tiny_opts, train_cmd
 
 pytestmark = pytest.mark.slow
 

@@ -6,26 +6,21 @@ import pytest
 import torch
 
 import condinst_percep.modeling.condinst.condinst as condinst_module
-from condinst_percep.config import get_cfg
 from condinst_percep.config import UnsupportedConfigError
 from condinst_percep.engine import validate_cfg
 from condinst_percep.modeling import build_model
 from condinst_percep.structures import Instances
+from tests.conftest import tiny_cfg
 
 
-def tiny_model_cfg():
-    cfg = get_cfg()
-    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 8
-    cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT = "FrozenBN", 0
-    cfg.MODEL.FPN.OUT_CHANNELS = 64  # two channels per GN group: see the last test
-    cfg.MODEL.FCOS.NUM_CLASSES = 2
-    cfg.MODEL.FCOS.NUM_CLS_CONVS = cfg.MODEL.FCOS.NUM_BOX_CONVS = 1
-    cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.0  # keep every detection of an untrained model
-    cfg.MODEL.CONDINST.MASK_BRANCH.CHANNELS = 16
-    cfg.MODEL.CONDINST.MASK_BRANCH.NUM_CONVS = 1
-    return cfg
+# tiny_cfg (whose 64-channel FPN has two channels per GN group: see the last test) with a frozen-BN
+# backbone trained from its stem, 2 classes, and every detection of an untrained model kept.
+OVERRIDES = {
+    "MODEL.RESNETS.NORM": "FrozenBN",
+    "MODEL.BACKBONE.FREEZE_AT": 0,
+    "MODEL.FCOS.NUM_CLASSES": 2,
+    "MODEL.FCOS.INFERENCE_TH_TEST": 0.0,
+}
 
 
 def _sample(h, w, seed, with_instances=True):
@@ -43,7 +38,7 @@ def _sample(h, w, seed, with_instances=True):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_model(tiny_model_cfg())
+    return build_model(tiny_cfg(**OVERRIDES))
 
 
 @pytest.mark.parametrize("sizes", [[(20, 20)], [(64, 400), (300, 48)], [(20, 20), (64, 400), (300, 48)]],
@@ -79,7 +74,7 @@ def test_small_and_very_different_sizes_train_and_infer(model, sizes):
 def test_batch_norm_without_statistics_names_the_layer_and_its_key(key, layer):
     # Training BN anywhere fails the same way on a lone 32x32 image (1x1 at stride 32); the
     # error names the first such layer and the key that chose it, not torch's internals.
-    cfg = tiny_model_cfg()
+    cfg = tiny_cfg(**OVERRIDES)
     cfg.MODEL.CONDINST.MASK_BRANCH.NORM = ""
     cfg.merge_from_list([key, "BN"])
     torch.manual_seed(0)
@@ -119,7 +114,7 @@ def test_one_channel_per_gn_group_with_a_1x1_top_level_is_refused():
     # Reproduces the report "FPN.OUT_CHANNELS 32 and a 1x1 P7 raise 'Expected more than 1
     # value per channel' at batch 1": with 32 GN groups on 32 channels each group holds one
     # value on a 1x1 map. The config is refused before anything is built.
-    cfg = tiny_model_cfg()
+    cfg = tiny_cfg(**OVERRIDES)
     cfg.MODEL.FPN.OUT_CHANNELS = 32
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST = (48,), 48
     with pytest.raises(UnsupportedConfigError, match=r"MODEL.FPN.OUT_CHANNELS = 32: with MODEL.FCOS.NORM "

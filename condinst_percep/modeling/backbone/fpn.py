@@ -7,7 +7,6 @@ registered in that order, so ``state_dict()`` lists keys in AdelaiDet's order.
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from fvcore.common.config import CfgNode
@@ -15,8 +14,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...config.validate import Report, check_choice
-from ...layers import Conv2d, ShapeSpec, c2_xavier_fill, check_norm_cfg, get_norm
-from .resnet import STAGE_NAMES, build_resnet_backbone
+from ...layers import Conv2d, ShapeSpec, c2_xavier_fill, get_norm
+from .build import check_neck_cfg, check_padded, register_backbone
+from .resnet import build_resnet_backbone
 
 FUSE_TYPES = ("sum", "avg")
 
@@ -61,6 +61,9 @@ class FPN(nn.Module):
     ``size_divisibility``, and returns ``{"p3": (N, C, H/8, W/8), ..., "p7": (N, C, H/128,
     W/128)}`` (names ``p{log2 stride}``, C = ``out_channels``, the input dtype).
     """
+
+    # Module-name prefixes (tried in order) -> the config key choosing their norm.
+    NORM_KEYS = {"bottom_up.": "MODEL.RESNETS.NORM", "": "MODEL.FPN.NORM"}
 
     def __init__(
         self,
@@ -130,12 +133,7 @@ class FPN(nn.Module):
         self.size_divisibility = strides[-1]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        d = self.size_divisibility
-        if x.dim() == 4 and (x.shape[-2] % d or x.shape[-1] % d):
-            raise ValueError(
-                f"FPN input size {tuple(x.shape[-2:])} must be padded to multiples of "
-                f"{self.size_divisibility}"
-            )
+        check_padded(x, self.size_divisibility, "FPN")
         bottom_up = self.bottom_up(x)
         prev = self.lateral_convs[0](bottom_up[self.in_features[-1]])
         results = [self.output_convs[0](prev)]
@@ -161,35 +159,15 @@ class FPN(nn.Module):
 _TOP_BLOCKS = {0: None, 1: LastLevelP6, 2: LastLevelP6P7}
 
 
-def backbone_output_names(cfg: CfgNode) -> list[str]:
-    """Names of the backbone's outputs ("p3".."p7" for the defaults) implied by the config."""
-    names = [f"p{int(re.sub('res', '', f))}" for f in cfg.MODEL.FPN.IN_FEATURES]
-    last = int(names[-1][1:]) if names else 5
-    return names + [f"p{last + i + 1}" for i in range(cfg.MODEL.FCOS.TOP_LEVELS)]
-
-
 def check_fpn_cfg(cfg: CfgNode, bad: Report) -> None:
     """The checks of the keys :func:`build_fcos_resnet_fpn_backbone` reads on top of the
     ResNet's: ``MODEL.FPN`` and ``MODEL.FCOS.TOP_LEVELS``."""
-    fpn = cfg.MODEL.FPN
-    check_norm_cfg(cfg, bad, "MODEL.FPN.NORM", [fpn.OUT_CHANNELS])
+    check_neck_cfg(cfg, bad, "MODEL.FPN")
     check_choice(cfg, bad, "MODEL.FPN.FUSE_TYPE", FUSE_TYPES)
     check_choice(cfg, bad, "MODEL.FCOS.TOP_LEVELS", _TOP_BLOCKS)
-    stages = STAGE_NAMES
-    fpn_in = list(fpn.IN_FEATURES)
-    if not fpn_in or any(f not in stages for f in fpn_in):
-        bad("MODEL.FPN.IN_FEATURES", f"must be consecutive entries of {stages}")
-    elif fpn_in != stages[stages.index(fpn_in[0]) : stages.index(fpn_in[0]) + len(fpn_in)]:
-        bad("MODEL.FPN.IN_FEATURES", f"must be consecutive entries of {stages}, in order")
-    missing = [f for f in fpn_in if f not in cfg.MODEL.RESNETS.OUT_FEATURES]
-    if missing:
-        bad("MODEL.RESNETS.OUT_FEATURES", f"lacks {missing}, which MODEL.FPN.IN_FEATURES uses")
-    if fpn.OUT_CHANNELS < 1:
-        bad("MODEL.FPN.OUT_CHANNELS", "must be a positive integer")
-    if cfg.MODEL.FCOS.TOP_LEVELS and fpn_in and fpn_in[-1] != "res5":
-        bad("MODEL.FCOS.TOP_LEVELS", "P6/P7 are computed from P5, so FPN.IN_FEATURES needs res5")
 
 
+@register_backbone(check_fpn_cfg, neck="MODEL.FPN")
 def build_fcos_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec | None = None) -> FPN:
     """AdelaiDet's ``build_fcos_resnet_fpn_backbone``: ResNet + FPN + ``FCOS.TOP_LEVELS`` extra
     levels from P5 (keys checked by ``check_resnet_cfg`` and :func:`check_fpn_cfg`). ``input_shape``

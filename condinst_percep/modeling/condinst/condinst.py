@@ -26,10 +26,9 @@ logger = logging.getLogger(__name__)
 # Elements of float32 work memory per chunk of masks pasted at the original image size.
 _POSTPROCESS_CHUNK_ELEMENTS = 1 << 25
 
-# The config key that picks the norm of each part, by module-name prefix (first match wins).
-_NORM_KEYS = {
-    "backbone.bottom_up.": "MODEL.RESNETS.NORM",
-    "backbone.": "MODEL.FPN.NORM",
+# The config key that picks the norm of each head, by module-name prefix (first match wins);
+# the backbone's come from its NORM_KEYS.
+_HEAD_NORM_KEYS = {
     "proposal_generator.": "MODEL.FCOS.NORM",
     "mask_branch.": "MODEL.CONDINST.MASK_BRANCH.NORM",
 }
@@ -79,7 +78,8 @@ class CondInst(nn.Module):
         self.mask_out_stride = mask_out_stride
         self.max_proposals = max_proposals
         self.topk_proposals_per_im = topk_proposals_per_im
-        guard_batch_statistics(self, _NORM_KEYS)
+        norm_keys = {f"backbone.{p}": key for p, key in backbone.NORM_KEYS.items()}
+        guard_batch_statistics(self, {**norm_keys, **_HEAD_NORM_KEYS})
 
     @classmethod
     def check_cfg(cls, cfg, bad: Report) -> None:
@@ -209,9 +209,12 @@ class CondInst(nn.Module):
         if self.training:
             self.add_bitmasks(gt_instances, images.shape[-2], images.shape[-1])
             mask_feats = self.mask_branch(features)
-            extras, losses = self.proposal_generator(
+            # AdelaiDet's order: semantic, then FCOS, then mask losses.
+            losses = self.mask_branch.losses(features, gt_instances, images.shape[-2:])
+            extras, fcos_losses = self.proposal_generator(
                 image_sizes, features, gt_instances, self.controller
             )
+            losses.update(fcos_losses)
             pred_instances = self.sample_instances(extras["instances"], gt_instances)
             pred_instances.mask_head_params = pred_instances.top_feats
             losses.update(

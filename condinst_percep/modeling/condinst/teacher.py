@@ -18,7 +18,7 @@ from ...checkpoint import CheckpointMismatchError, Checkpointer
 from ...config import get_cfg
 from ...config.config import lookup
 from ...config.validate import check_cfg, collect_problems
-from ..backbone import backbone_output_names
+from ..backbone import backbone_output_names, neck_key
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def check_teacher_cfg(student_cfg: CfgNode, teacher_cfg: CfgNode, config_file: s
     t_top, s_top = backbone_output_names(teacher_cfg)[-1], backbone_output_names(student_cfg)[-1]
     if t_top != s_top:
         problems.append(
-            f"MODEL.FCOS.TOP_LEVELS / MODEL.FPN.IN_FEATURES: teacher's last level {t_top} vs "
+            f"MODEL.FCOS.TOP_LEVELS / {neck_key(teacher_cfg)}.IN_FEATURES: teacher's last level "
+            f"{t_top} vs "
             f"student's {s_top} (the batch padding multiple would differ)"
         )
     if problems:

@@ -9,7 +9,7 @@ from ...config.validate import Report, check_choice
 from ...layers import ShapeSpec
 from ...layers.losses import LOC_LOSS_TYPES
 from ...structures import Instances
-from ..backbone import backbone_output_names
+from ..backbone import backbone_out_channels, backbone_output_names
 from .fcos_head import HEAD_NORMS, FCOSHead
 from .fcos_outputs import BOX_QUALITIES, LOSS_NORMALIZERS, FCOSOutputs
 from .fcos_targets import compute_locations, flatten_predictions
@@ -77,9 +77,9 @@ class FCOS(nn.Module):
                 bad(f"MODEL.FCOS.{key}", "must be >= 0")
         if f.LOSS_GAMMA < 0 or f.LOSS_WEIGHT_CLS < 0 or f.POS_RADIUS <= 0:
             bad("MODEL.FCOS.LOSS_GAMMA", "LOSS_GAMMA, LOSS_WEIGHT_CLS must be >= 0, POS_RADIUS > 0")
-        channels = cfg.MODEL.FPN.OUT_CHANNELS
+        channels_key, channels = backbone_out_channels(cfg)
         if f.NORM in ("GN", "NaiveGN") and channels % 32:
-            bad("MODEL.FCOS.NORM", "GN uses 32 groups: MODEL.FPN.OUT_CHANNELS must divide by 32")
+            bad("MODEL.FCOS.NORM", f"GN uses 32 groups: {channels_key} must divide by 32")
         elif f.NORM in ("GN", "NaiveGN") and channels == 32 and expected_strides:
             # One channel per group: on a 1x1 map (an image padded to the top stride) a group
             # holds a single value, which GroupNorm refuses at batch 1 and maps to its bias
@@ -88,7 +88,7 @@ class FCOS(nn.Module):
             smallest = min([*cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST])
             if smallest <= top:
                 bad(
-                    "MODEL.FPN.OUT_CHANNELS",
+                    channels_key,
                     f"with MODEL.FCOS.NORM {f.NORM!r} (32 groups) leaves one channel per group, "
                     f"and images resized to {smallest} px (INPUT.MIN_SIZE_TRAIN/TEST; 0 = not "
                     f"resized) can have a 1x1 map at stride {top}, where each group normalises a "
