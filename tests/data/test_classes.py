@@ -13,8 +13,9 @@ from condinst_percep.data.classes import check_num_classes
 from condinst_percep.engine import Trainer
 from condinst_percep.modeling import build_model
 
-from reliability.conftest import valid_dataset, write_dataset
-from reliability.train_helpers import CONFIG, TINY_MODEL
+from tests.conftest import TINY_MODEL
+from tests.reliability.conftest import valid_dataset, write_dataset
+from tests.train_helpers import CONFIG
 from . import tool_exports
 
 

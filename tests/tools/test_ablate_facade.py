@@ -1,27 +1,16 @@
 """tools/ablate.py --sweep facade and tools/ablate_stats.py: the run plan (one teacher run
 first, test scored after training), paired statistics against scipy-free closed forms, and the
 docs section it fills (no training)."""
-import importlib.util
 import json
 import math
 import os
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import load_tool
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-ablate = _load("ablate")
-stats = _load("ablate_stats")
+ablate = load_tool("ablate")
+stats = load_tool("ablate_stats")
 
 
 def test_facade_plan_trains_one_teacher_first_and_scores_test_after_training(tmp_path):
@@ -48,7 +37,7 @@ def test_facade_plan_trains_one_teacher_first_and_scores_test_after_training(tmp
 
     for path in [v.config_file for v in ablate.SWEEPS["facade"]] + [ablate.TEACHERS["facade"].config_file]:
         cfg = get_cfg()
-        cfg.merge_from_file(os.path.join(REPO, path))
+        cfg.merge_from_file(os.path.join(ablate.REPO, path))
         assert cfg.MODEL.FCOS.NUM_CLASSES == 10 and "valid" in cfg.DATASETS.TEST[0]
 
 

@@ -1,9 +1,6 @@
 """tools/compare_grid.py (GT | model | model pictures at full resolution) and tools/plot_metrics.py
 with several runs, on a generated dataset and a tiny untrained model (no training)."""
-import importlib.util
 import json
-import os
-import sys
 
 import cv2
 import numpy as np
@@ -13,18 +10,9 @@ from condinst_percep.checkpoint import Checkpointer
 from condinst_percep.config import get_cfg
 from condinst_percep.data import DatasetCatalog
 from condinst_percep.modeling import build_model
-from data import tool_exports
-from reliability.train_helpers import CONFIG, TINY_MODEL
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import TINY_MODEL, load_tool
+from tests.data import tool_exports
+from tests.train_helpers import CONFIG
 
 
 OPTS = [str(x) for kv in TINY_MODEL.items() for x in kv] + [
@@ -40,7 +28,7 @@ def _weights(tmp_path) -> str:
 
 
 def test_compare_grid_draws_gt_and_each_model_at_full_resolution(tmp_path):
-    compare_grid = _tool("compare_grid")
+    compare_grid = load_tool("compare_grid")
     json_file, image_root = tool_exports.write_export(tmp_path / "data", tool_exports.cvat())
     name = f"coco:{json_file}:{image_root}"
     weights = _weights(tmp_path)
@@ -67,7 +55,7 @@ def test_compare_grid_draws_gt_and_each_model_at_full_resolution(tmp_path):
 
 
 def test_compare_grid_refuses_a_model_with_other_classes(tmp_path):
-    compare_grid = _tool("compare_grid")
+    compare_grid = load_tool("compare_grid")
     json_file, image_root = tool_exports.write_export(tmp_path / "data", tool_exports.cvat())
     weights = _weights(tmp_path)
     opts = [o if o != "2" else "3" for o in OPTS]
@@ -77,7 +65,7 @@ def test_compare_grid_refuses_a_model_with_other_classes(tmp_path):
 
 
 def test_plot_metrics_overlays_runs_per_loss(tmp_path):
-    plot_metrics = _tool("plot_metrics")
+    plot_metrics = load_tool("plot_metrics")
     paths = []
     for run, scale in (("base", 1.0), ("percep", 0.8)):
         lines = [{"iteration": i, "total_loss": scale * 3 / (i + 1), "loss_mask": scale / (i + 1)}
