@@ -3,20 +3,17 @@ trains a few iterations through train_net, with widths shrunk (depths and struct
 a generated shapes set, on the CPU."""
 import json
 import os
-import sys
 import tarfile
 
 import pytest
 import torch
 
 from condinst_percep.data import generate_shapes
-from condinst_percep.engine import default_argument_parser
+from tests.conftest import REPO
+from tests.train_helpers import run_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "configs", "CondInst")
 CONFIGS = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.startswith("MS_") and f.endswith(".yaml"))
-sys.path.insert(0, REPO)
-import train_net  # noqa: E402
 
 # Narrow widths, same depth and layout: R-50/R-101 bottlenecks of width 4-32, 64-channel pyramid.
 # Batch-statistics BN in the ResNet: with random weights and FrozenBN at identity statistics
@@ -61,13 +58,10 @@ def test_config_trains(name, shapes, tmp_path):
         "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 3, "SOLVER.WARMUP_ITERS", 1,
         "OUTPUT_DIR", str(tmp_path),
     ]
-    args = default_argument_parser().parse_args(
-        ["--config-file", os.path.join(CONFIG_DIR, f"{name}.yaml"), *map(str, opts)]
-    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_net.main(args)
+        run_main([str(x) for x in opts], config=os.path.join(CONFIG_DIR, f"{name}.yaml"))
     finally:
         torch.set_num_threads(threads)
     with open(tmp_path / "metrics.json") as f:

@@ -16,7 +16,8 @@ from condinst_percep.modeling.backbone import (
 )
 from condinst_percep.modeling.backbone.bifpn import bifpn_nodes
 from condinst_percep.structures import Instances
-from percep_helpers import tiny_cfg
+from tests.conftest import tiny_cfg
+from tests.percep_helpers import STUDENT
 
 # AdelaiDet's SingleBiFPN node tables (adet/modeling/backbone/bifpn.py), as (level, inputs).
 ADELAIDET_NODES = {
@@ -156,7 +157,7 @@ def test_validate_cfg_reads_the_bifpn_keys():
 
 
 def test_lone_tiny_image_names_the_bifpn_norm():
-    cfg = tiny_cfg(**{
+    cfg = tiny_cfg(**STUDENT, **{
         "MODEL.BACKBONE.NAME": "build_fcos_resnet_bifpn_backbone",
         "MODEL.BiFPN.IN_FEATURES": ["res3", "res4", "res5"], "MODEL.BiFPN.OUT_CHANNELS": 32,
         "MODEL.BiFPN.NUM_REPEATS": 1, "MODEL.BiFPN.NORM": "BN",

@@ -8,7 +8,8 @@ import torch
 from condinst_percep.modeling import build_model
 from condinst_percep.modeling.condinst.semantic_loss import semantic_focal_loss, semantic_targets
 from condinst_percep.structures import Instances
-from percep_helpers import make_batch, tiny_cfg, tiny_percep_cfg
+from tests.conftest import tiny_cfg
+from tests.percep_helpers import STUDENT, make_batch, tiny_percep_cfg
 
 SEM = {"MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON": True}
 
@@ -93,13 +94,13 @@ def test_focal_loss_closed_form(alpha, gamma):
 
 
 def test_head_layout_and_prior():
-    model = build_model(tiny_cfg(**SEM))
+    model = build_model(tiny_cfg(**STUDENT, **SEM))
     keys = [k for k in model.state_dict() if k.startswith(("mask_branch.seg_head.", "mask_branch.logits."))]
     assert len(keys) == 14  # 2 x (conv weight + 5 BN entries) + logits weight and bias
     assert model.mask_branch.seg_head[0][0].weight.shape == (32, 32, 3, 3)
     assert model.mask_branch.logits.weight.shape == (3, 32, 1, 1)
     assert torch.allclose(model.mask_branch.logits.bias, torch.full((3,), -math.log(99)))
-    assert not any(k.startswith("mask_branch.seg_head") for k in build_model(tiny_cfg()).state_dict())
+    assert not any(k.startswith("mask_branch.seg_head") for k in build_model(tiny_cfg(**STUDENT)).state_dict())
 
 
 def _twins(cfg_on, cfg_off):
@@ -119,7 +120,7 @@ def _losses(model, batch):
 
 
 def test_loss_sem_trains_only_its_head_and_leaves_the_rest_unchanged():
-    on, off = _twins(tiny_cfg(**SEM), tiny_cfg())
+    on, off = _twins(tiny_cfg(**STUDENT, **SEM), tiny_cfg(**STUDENT))
     batch = make_batch()
     with_sem, without = _losses(on, batch), _losses(off, batch)
     assert list(with_sem) == ["loss_sem", *without]
@@ -144,7 +145,7 @@ def test_loss_sem_trains_only_its_head_and_leaves_the_rest_unchanged():
 
 
 def test_semantic_head_is_unused_at_inference():
-    on, off = _twins(tiny_cfg(**SEM), tiny_cfg())
+    on, off = _twins(tiny_cfg(**STUDENT, **SEM), tiny_cfg(**STUDENT))
     batch = make_batch(with_instances=False)
     on.eval()
     off.eval()
@@ -158,7 +159,7 @@ def test_semantic_head_is_unused_at_inference():
 
 
 def test_image_without_instances_is_all_background():
-    model = build_model(tiny_cfg(**SEM))
+    model = build_model(tiny_cfg(**STUDENT, **SEM))
     batch = make_batch()
     h, w = batch[1]["image"].shape[-2:]
     batch[1]["instances"] = Instances(
