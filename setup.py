@@ -24,6 +24,7 @@ setup(
     extras_require={
         # ONNX export (torch.onnx's dynamo exporter) and running exported files.
         "export": ["onnx", "onnxruntime", "onnxscript"],
-        "test": ["pytest", "onnx", "onnxruntime", "onnxscript"],
+        # scipy: the p-values of tools/ablate_stats.py.
+        "test": ["pytest", "scipy", "onnx", "onnxruntime", "onnxscript"],
     },
 )

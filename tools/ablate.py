@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The paper's comparison in miniature, on the synthetic shapes set.
+"""The paper's comparison in miniature: on the synthetic shapes set, and on the real facade set.
 
 Trains and evaluates each variant once per seed, each run in its own process
 (``train_net.py``'s ``main``), then prints mean ± std (sample std over seeds) of box and mask AP.
@@ -9,11 +9,18 @@ Trains and evaluates each variant once per seed, each run in its own process
     python tools/ablate.py --sweep kernel          # kernel size 1, 3, 5, 7 (GT targets)
     python tools/ablate.py --sweep init            # he / xavier / N(0, 0.01) / U[-0.01, 0.01]
     python tools/ablate.py --seeds 0 --max-iter 300 --output-dir output/ablate_short
+    python tools/ablate.py --sweep facade --seeds 0 1 2 3 4 --output-dir output/ablate_facade \
+        --write-docs docs/results.md               # configs/Facade, scored on test
 
 Finished runs (``ablate_result.json`` in their folder) are reused, so an interrupted ablation
 resumes where it stopped. The teacher of ``+loss (teacher)`` is the baseline run of the same seed
-(its ``model_final.pth``), unless ``--teacher-weights`` names a file. Extra ``KEY VALUE`` pairs at
-the end are config overrides applied to every run.
+(its ``model_final.pth``), unless ``--teacher-weights`` names a file; in the facade sweep it is
+one run of the teacher config (the baseline trained twice as long, ``--teacher-seed``), trained
+first. The facade runs select nothing on test: they train with valid as DATASETS.TEST, then each
+finished model is scored once on test (``<run>/test/``), and the table (all six COCO APs of box
+and mask, per-class AP of the frequent classes, paired differences with standard error and
+p-value, see tools/ablate_stats.py) is of the test scores. Extra ``KEY VALUE`` pairs at the end
+are config overrides applied to every run.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from dataclasses import dataclass, field
 
 from tabulate import tabulate
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ablate_stats import paired_table  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join("configs", "Quickstart")
 PLAIN_CONFIG = os.path.join(QUICKSTART, "CondInst_shapes.yaml")
@@ -36,6 +46,12 @@ GT_CONFIG = os.path.join(QUICKSTART, "CondInst-Percep_shapes.yaml")
 TEACHER_CONFIG = os.path.join(QUICKSTART, "CondInst-Percep-Teacher_shapes.yaml")
 RESULT_FILE = "ablate_result.json"
 METRICS = (("bbox", "AP"), ("segm", "AP"))
+FACADE = os.path.join("configs", "Facade")
+FACADE_TEST = "coco:datasets/facade/test/_annotations.coco.json:datasets/facade/test"
+# The facade classes with the most test instances (1999, 328, 167 of 2842).
+FACADE_CLASSES = ("window", "balcony-fence", "vegetation")
+DOCS_BEGIN = "<!-- ablate --sweep facade: begin -->"
+DOCS_END = "<!-- ablate --sweep facade: end -->"
 
 
 @dataclass
@@ -65,6 +81,12 @@ SWEEPS: dict[str, list[Variant]] = {
     "kernel": [
         Variant(f"kernel {k}", GT_CONFIG, ["MODEL.PERCEP.KERNEL_SIZE", str(k)]) for k in (1, 3, 5, 7)
     ],
+    "facade": [
+        Variant("baseline", os.path.join(FACADE, "CondInst_facade.yaml")),
+        Variant("+loss (gt)", os.path.join(FACADE, "CondInst-Percep_facade.yaml")),
+        Variant("+loss (teacher)", os.path.join(FACADE, "CondInst-Percep-Teacher_facade.yaml"),
+                needs_teacher=True),
+    ],
     "init": [
         Variant("he (fan-in)", GT_CONFIG, ["MODEL.PERCEP.INIT", "he"]),
         Variant("xavier", GT_CONFIG, ["MODEL.PERCEP.INIT", "xavier"]),
@@ -80,43 +102,89 @@ SWEEPS: dict[str, list[Variant]] = {
 }
 
 
+# Sweeps whose teacher is one run of its own config (not the baseline of each seed).
+TEACHERS = {"facade": Variant("teacher", os.path.join(FACADE, "CondInst-Teacher_facade.yaml"))}
+# Sweeps scored on a held-out set after training (which evaluated on the selection set).
+TEST_SETS = {"facade": FACADE_TEST}
+
+
 def run_dir(output_dir: str, variant: Variant, seed: int) -> str:
     slug = "".join(c if c.isalnum() else "_" for c in variant.name).strip("_")
     return os.path.join(output_dir, slug, f"seed_{seed}")
 
 
+def _teacher_weights(args: argparse.Namespace, seed: int) -> str:
+    if args.teacher_weights:
+        return args.teacher_weights
+    if args.sweep in TEACHERS:
+        return os.path.join(run_dir(args.output_dir, TEACHERS[args.sweep], args.teacher_seed),
+                            "model_final.pth")
+    return os.path.join(run_dir(args.output_dir, SWEEPS["target"][0], seed), "model_final.pth")
+
+
 def plan(args: argparse.Namespace) -> list[tuple[Variant, int, list[str]]]:
-    """(variant, seed, train_net command line) per run, baselines first (they are teachers)."""
-    variants = SWEEPS[args.sweep]
+    """(variant, seed, train_net command line) per run, teachers first: the sweep's own teacher
+    run, if it has one and no --teacher-weights, then the baselines."""
     runs = []
-    for variant in variants:
-        for seed in args.seeds:
-            opts = ["SEED", str(seed), "OUTPUT_DIR", run_dir(args.output_dir, variant, seed)]
-            if args.max_iter:
-                steps = f"({int(args.max_iter * 5 / 6)},)"
-                opts += ["SOLVER.MAX_ITER", str(args.max_iter), "SOLVER.STEPS", steps,
-                         "SOLVER.CHECKPOINT_PERIOD", str(args.max_iter)]
-            if variant.needs_teacher:
-                teacher = args.teacher_weights or os.path.join(
-                    run_dir(args.output_dir, SWEEPS["target"][0], seed), "model_final.pth"
-                )
-                opts += ["MODEL.TEACHER.WEIGHTS", teacher]
-            cmd = ["--config-file", variant.config_file, *variant.opts, *opts, *args.opts]
-            runs.append((variant, seed, cmd))
+    pending = [(v, s) for v in SWEEPS[args.sweep] for s in args.seeds]
+    if args.sweep in TEACHERS and not args.teacher_weights:
+        pending.insert(0, (TEACHERS[args.sweep], args.teacher_seed))
+    for variant, seed in pending:
+        opts = ["SEED", str(seed), "OUTPUT_DIR", run_dir(args.output_dir, variant, seed)]
+        if args.max_iter:
+            # A sweep's teacher trains twice as long as its students.
+            max_iter = args.max_iter * (2 if variant is TEACHERS.get(args.sweep) else 1)
+            opts += ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", f"({int(max_iter * 5 / 6)},)",
+                     "SOLVER.CHECKPOINT_PERIOD", str(max_iter)]
+        if variant.needs_teacher:
+            opts += ["MODEL.TEACHER.WEIGHTS", _teacher_weights(args, seed)]
+        cmd = ["--config-file", variant.config_file, *variant.opts, *opts, *args.opts]
+        runs.append((variant, seed, cmd))
     return runs
 
 
 def read_result(folder: str) -> dict[str, float] | None:
-    """``{"bbox/AP": .., "segm/AP": ..}`` of a finished run, or None if it has not finished."""
+    """``{"bbox/AP": .., "segm/AP": .., "bbox/AP50": .., "segm/AP-window": ..}`` (every metric
+    of the run's evaluation) of a finished run, or None if it has not finished."""
     path = os.path.join(folder, RESULT_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         data = json.load(f)
     try:
-        return {f"{task}/{m}": float(data[task][m]) for task, m in METRICS}
+        out = {f"{task}/{m}": float(data[task][m]) for task, m in METRICS}
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: no {METRICS} in the evaluation results ({e!r})") from e
+    for task, _ in METRICS:
+        out.update({f"{task}/{m}": float(v) for m, v in data[task].items()})
+    return out
+
+
+def test_command(cmd: list[str], test_set: str) -> list[str]:
+    """The eval-only command scoring a finished run's final model on ``test_set`` into
+    ``<run>/test``."""
+    pairs = dict(zip(cmd[2::2], cmd[3::2]))
+    folder = pairs["OUTPUT_DIR"]
+    # Flags before the KEY VALUE pairs, which take the rest of the command line.
+    return [*cmd[:2], "--eval-only", *cmd[2:], "MODEL.WEIGHTS",
+            os.path.join(folder, "model_final.pth"), "DATASETS.TEST", f"('{test_set}',)",
+            "OUTPUT_DIR", os.path.join(folder, "test")]
+
+
+def write_docs(path: str, table: str, args: argparse.Namespace) -> None:
+    """Replaces the text between DOCS_BEGIN and DOCS_END in ``path`` by ``table``."""
+    with open(path) as f:
+        text = f.read()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise ValueError(f"{path} has no '{DOCS_BEGIN}' ... '{DOCS_END}' section to fill")
+    head, rest = text.split(DOCS_BEGIN, 1)
+    _, tail = rest.split(DOCS_END, 1)
+    body = (f"\n`python tools/ablate.py --sweep {args.sweep} --seeds "
+            f"{' '.join(map(str, args.seeds))}`: test-set scores, mean ± sd over seeds; Δ = mean "
+            "paired difference ± its standard error (p: two-sided paired t-test).\n\n"
+            f"{table}\n")
+    with open(path, "w") as f:
+        f.write(head + DOCS_BEGIN + body + DOCS_END + tail)
 
 
 def aggregate(results: dict[str, list[dict[str, float]]]) -> list[list]:
@@ -153,7 +221,8 @@ def run_one(argv: list[str]) -> None:
 
     args = default_argument_parser().parse_args(argv)
     results = train_net.main(args)
-    cfg_out = args.opts[args.opts.index("OUTPUT_DIR") + 1]
+    # The last OUTPUT_DIR wins, as in the config merge.
+    cfg_out = args.opts[len(args.opts) - 1 - args.opts[::-1].index("OUTPUT_DIR") + 1]
     atomic_write(os.path.join(cfg_out, RESULT_FILE), lambda f: json.dump(results, f), mode="w")
 
 
@@ -166,6 +235,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default=os.path.join("output", "ablate"))
     parser.add_argument("--teacher-weights", default="",
                         help="teacher for '+loss (teacher)'; default: that seed's baseline")
+    parser.add_argument("--teacher-seed", type=int, default=0,
+                        help="SEED of the sweep's own teacher run (facade)")
+    parser.add_argument("--write-docs", default="",
+                        help=f"a markdown file whose {DOCS_BEGIN} ... {DOCS_END} section gets "
+                        "the facade table")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -178,20 +252,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _run(cmd: list[str], folder: str, dry_run: bool) -> dict[str, float] | None:
+    done = read_result(folder)
+    print(("[reused] " if done else "") + "train_net.py " + " ".join(cmd), flush=True)
+    if done is None and not dry_run:
+        subprocess.run([sys.executable, __file__, "--run-one", *cmd], check=True, cwd=REPO)
+        done = read_result(folder)
+    return done
+
+
 def main(argv: list[str] | None = None) -> list[list]:
     args = parse_args(argv)
-    results: dict[str, list[dict[str, float]]] = {v.name: [] for v in SWEEPS[args.sweep]}
+    test_set = TEST_SETS.get(args.sweep)
+    results: dict[str, dict[int, dict[str, float]]] = {v.name: {} for v in SWEEPS[args.sweep]}
     for variant, seed, cmd in plan(args):
         folder = run_dir(args.output_dir, variant, seed)
-        done = read_result(folder)
-        print(("[reused] " if done else "") + "train_net.py " + " ".join(cmd), flush=True)
-        if done is None and not args.dry_run:
-            subprocess.run([sys.executable, __file__, "--run-one", *cmd], check=True, cwd=REPO)
-            done = read_result(folder)
+        done = _run(cmd, folder, args.dry_run)
+        if variant is TEACHERS.get(args.sweep):
+            continue
+        if test_set is not None and (done is not None or args.dry_run):
+            done = _run(test_command(cmd, test_set), os.path.join(folder, "test"), args.dry_run)
         if done is not None:
-            results[variant.name].append(done)
-    rows = aggregate(results)
+            results[variant.name][seed] = done
+    rows = aggregate({name: list(runs.values()) for name, runs in results.items()})
     print(format_table(rows))
+    if test_set is not None and any(results.values()):
+        table = paired_table(results, SWEEPS[args.sweep][0].name, FACADE_CLASSES)
+        print(table)
+        if args.write_docs:
+            write_docs(args.write_docs, table, args)
     return rows
 
 

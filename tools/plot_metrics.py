@@ -1,9 +1,13 @@
 #!/usr/bin/env python
 """Plots a training run's ``metrics.json``: losses, learning rate and evaluation AP over
-iterations, into one PNG.
+iterations, into one PNG; with several runs, each loss (and AP) in its own panel with one curve
+per run, so the runs compare at a glance.
 
     python tools/plot_metrics.py output/quickstart/condinst_shapes/metrics.json
     python tools/plot_metrics.py RUN/metrics.json --output curves.png
+    python tools/plot_metrics.py output/facade/condinst/metrics.json \
+        output/facade/condinst_percep/metrics.json --labels baseline "+perceptual" \
+        --output output/facade/losses.png
 """
 
 from __future__ import annotations
@@ -83,16 +87,66 @@ def plot(records: list[dict], output: str, title: str = "") -> list[str]:
     return loss_keys + (["lr"] if "lr" in data else []) + ap_keys
 
 
+def plot_runs(runs: dict[str, list[dict]], output: str) -> list[str]:
+    """One panel per loss (``total_loss`` first) and one for the evaluation AP, each with a
+    curve per run (``runs``: label -> records), into ``output``; returns the panel titles."""
+    data = {label: series(records) for label, records in runs.items()}
+    keys = sorted({k for d in data.values() for k in d if "loss" in k},
+                  key=lambda k: (k != "total_loss", k))
+    ap_keys = [k for k in ("bbox/AP", "segm/AP") if any(k in d for d in data.values())]
+    panels = keys + (["AP"] if ap_keys else [])
+    cols = min(3, len(panels)) or 1
+    rows = math.ceil(len(panels) / cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, panel in zip(axes.flat, panels):
+        for i, (label, d) in enumerate(data.items()):
+            color = colors[i % len(colors)]
+            if panel == "AP":
+                for key, style in zip(ap_keys, ("-o", "--s")):
+                    if key in d:
+                        ax.plot(*d[key], style, color=color, label=f"{label} {key}")
+            elif panel in d:
+                ax.plot(*d[panel], ".-", color=color, label=label)
+        ax.set_title(panel if panel != "AP" else "evaluation AP")
+        values = [v for d in data.values() if panel in d for v in d[panel][1]]
+        if panel != "AP" and values and min(values) > 0 and max(values) > 10 * min(values):
+            ax.set_yscale("log")  # only when the curves span more than a decade
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(" vs ".join(runs))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return panels
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("metrics", help="a metrics.json written by train_net.py")
-    parser.add_argument("--output", help="PNG to write (default: metrics.png beside the input)")
+    parser.add_argument("metrics", nargs="+", help="metrics.json files written by train_net.py")
+    parser.add_argument("--labels", nargs="+", help="one name per run (default: its folder)")
+    parser.add_argument("--output", help="PNG to write (default: metrics.png beside the first input)")
     args = parser.parse_args(argv)
-    output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.metrics)), "metrics.png")
-    records = load_metrics(args.metrics)
-    if not records:
-        raise ValueError(f"{args.metrics} holds no metrics")
-    drawn = plot(records, output, title=os.path.dirname(os.path.abspath(args.metrics)))
+    if args.labels and len(args.labels) != len(args.metrics):
+        parser.error(f"{len(args.labels)} --labels for {len(args.metrics)} metrics files")
+    folders = [os.path.dirname(os.path.abspath(m)) for m in args.metrics]
+    output = args.output or os.path.join(folders[0], "metrics.png")
+    runs = {}
+    for path, label in zip(args.metrics, args.labels or [os.path.basename(f) for f in folders]):
+        records = load_metrics(path)
+        if not records:
+            raise ValueError(f"{path} holds no metrics")
+        if label in runs:
+            raise ValueError(f"two runs are labelled {label!r}: name them with --labels")
+        runs[label] = records
+    if len(runs) == 1:
+        drawn = plot(next(iter(runs.values())), output, title=folders[0])
+    else:
+        drawn = plot_runs(runs, output)
     print(f"Wrote {output} ({', '.join(drawn)})")
     return 0
 

@@ -22,6 +22,7 @@ import torch
 from condinst_percep.checkpoint import Checkpointer
 from condinst_percep.config import load_cfg
 from condinst_percep.data import DatasetCatalog, DatasetMapper, MetadataCatalog, read_image
+from condinst_percep.data.classes import check_num_classes
 from condinst_percep.engine import validate_cfg
 from condinst_percep.modeling import build_model
 from condinst_percep.utils.logger import setup_logger
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     model = build_model(cfg, checked=True)
     Checkpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
+    if args.dataset:
+        # A model with other classes would draw wrong names on every mask.
+        check_num_classes(cfg.MODEL.FCOS.NUM_CLASSES, [args.dataset], cfg.DATALOADER.BAD_DATA_POLICY)
     names_from = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     class_names = MetadataCatalog.get(names_from).get("thing_classes") if names_from else None
     mapper = DatasetMapper.build(cfg, is_train=False)

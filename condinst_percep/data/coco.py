@@ -13,6 +13,7 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
 from .catalog import DatasetCatalog, MetadataCatalog
+from .coco_exports import PLACEHOLDERS_KEY
 from .coco_validation import clean_coco_dataset, read_coco_json
 from .detection_utils import BoxMode
 from .validation import BadDataReport, active_report
@@ -69,8 +70,9 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
     Each record: ``{"file_name": image_root/file_name, "height", "width", "image_id",
     "annotations": [{"id", "iscrowd", "bbox" (XYWH, clipped to the image), "bbox_mode":
     BoxMode.XYWH_ABS, "category_id" (contiguous), "segmentation" (polygons or compressed RLE)}]}``
-    sorted by image id. When ``dataset_name`` is given, its metadata gets ``thing_classes`` and
-    ``thing_dataset_id_to_contiguous_id``. Defects go to the active :class:`BadDataReport`
+    sorted by image id. When ``dataset_name`` is given, its metadata gets ``thing_classes``,
+    ``thing_dataset_id_to_contiguous_id`` and ``placeholder_categories`` (the tool placeholders
+    left out of the classes, see :mod:`.coco_exports`). Defects go to the active :class:`BadDataReport`
     (see :func:`collect_bad_data`); without one, to an "error"-policy report whose summary is
     logged here.
     """
@@ -103,7 +105,9 @@ def _load_records(
     if dataset_name is not None:
         cats = coco_api.loadCats(sorted(id_map))
         MetadataCatalog.get(dataset_name).set(
-            thing_classes=[c["name"] for c in cats], thing_dataset_id_to_contiguous_id=id_map
+            thing_classes=[c["name"] for c in cats],
+            thing_dataset_id_to_contiguous_id=id_map,
+            **{PLACEHOLDERS_KEY: coco_api.dataset.get(PLACEHOLDERS_KEY, [])},
         )
 
     records = []

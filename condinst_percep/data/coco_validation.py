@@ -15,6 +15,16 @@ from collections import Counter
 
 import pycocotools.mask as mask_util
 
+from .coco_exports import (
+    PLACEHOLDERS_KEY,
+    describe_placeholders,
+    fix_box_area,
+    fix_file_name,
+    fix_rounded_box,
+    is_area,
+    placeholder_categories,
+    warn_crowd_masks,
+)
 from .validation import BadDataError, BadDataReport
 
 
@@ -116,6 +126,18 @@ def _check_categories(categories: list, json_file: str) -> set[int]:
     return seen
 
 
+def _check_category_names(categories: list, json_file: str) -> None:
+    # Two classes of one name would share one per-class AP entry and one label in pictures.
+    first: dict[str, int] = {}
+    for cat in categories:
+        if cat["name"] in first:
+            raise BadDataError(
+                f"{json_file}: category ids {first[cat['name']]} and {cat['id']} are both named "
+                f"{cat['name']!r}; give each class its own name"
+            )
+        first[cat["name"]] = cat["id"]
+
+
 def _image_defect(img) -> str | None:
     if not isinstance(img, dict):
         return "image entry is not an object"
@@ -200,12 +222,17 @@ def _fix_annotation(
     if isinstance(segm, list):
         # detectron2's rule: a polygon needs >= 3 points, i.e. an even number >= 6 of coordinates.
         polygons = [p for p in segm if len(p) % 2 == 0 and len(p) >= 6]
+        if not segm:
+            report.fixed("segmentation [] (a box without a mask, as CVAT and Label Studio "
+                         "export rectangles): annotation dropped", where)
+            return None
         if not polygons:
             report.fixed("no polygon with >= 3 points: annotation dropped", where)
             return None
         if len(polygons) < len(segm):
             report.fixed("polygon with < 3 points or odd coordinates removed", where)
             ann["segmentation"] = polygons
+    fix_rounded_box(ann, report, where)
     if fix_boxes:
         x, y, w, h = ann["bbox"]
         if w == 0 or h == 0:
@@ -216,11 +243,14 @@ def _fix_annotation(
             report.fixed("box clipped to the image", where)
             ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
     ann.setdefault("iscrowd", 0)
-    if "area" not in ann:
-        # COCOeval reads 'area' for its size ranges; COCO's own area is the mask's.
-        segm = ann.get("segmentation")
+    # COCOeval reads 'area' for its size ranges; COCO's own area is the mask's.
+    segm = ann.get("segmentation")
+    if not is_area(ann.get("area")):
         ann["area"] = _mask_area(segm, height, width) if segm else float(ann["bbox"][2] * ann["bbox"][3])
-        report.fixed("no 'area': computed from the mask (or box)", where)
+        reason = "no 'area'" if "area" not in obj else "'area' not a number >= 0"
+        report.fixed(f"{reason}: computed from the mask (or box)", where)
+    elif segm:
+        fix_box_area(ann, lambda: _mask_area(segm, height, width), report, where)
     return ann
 
 
@@ -230,12 +260,20 @@ def clean_coco_dataset(
     """Checks a parsed COCO dict; returns a copy with the fixes applied and, under the "skip"
     policy, without the images that hold a bad record (and their annotations).
 
-    ``fix_boxes=False`` keeps boxes as written (clipping and zero-area drops are for training;
+    Placeholder categories of labelling tools (:mod:`.coco_exports`) are left out of
+    ``categories`` and listed under ``PLACEHOLDERS_KEY``. ``fix_boxes=False`` keeps boxes as written (clipping and zero-area drops are for training;
     the evaluator scores against the json's boxes, as COCO's official numbers do). Category
     defects always raise. Under "error" the first bad image or annotation raises
     :class:`BadDataError` naming the file, the annotation id, the image id and its file name.
     """
     cat_ids = _check_categories(dataset["categories"], json_file)
+    placeholders = placeholder_categories(dataset)
+    for placeholder in placeholders:
+        where = f"{json_file}: {describe_placeholders([placeholder])}"
+        report.count("not a class", "placeholder category without annotations", where)
+    placeholder_ids = {cat["id"] for cat, _ in placeholders}
+    categories = [c for c in dataset["categories"] if c["id"] not in placeholder_ids]
+    _check_category_names(categories, json_file)
     images: dict[int, dict] = {}
     dropped: set[int] = set()
     image_ids = Counter(
@@ -255,7 +293,7 @@ def clean_coco_dataset(
             if isinstance(img, dict) and _is_int(img.get("id")):
                 dropped.add(img["id"])
             continue
-        images[img["id"]] = img
+        images[img["id"]] = fix_file_name(img, report, where)
 
     annotations = dataset.get("annotations", [])
     ann_ids = Counter(a["id"] for a in annotations if isinstance(a, dict) and _is_int(a.get("id")))
@@ -291,8 +329,13 @@ def clean_coco_dataset(
     report.count(
         "left out", "images holding a bad record", json_file, len(dataset["images"]) - len(out_images)
     )
-    return {
+    out = {
         **dataset,
+        "categories": categories,
         "images": out_images,
         "annotations": [a for a in kept if a["image_id"] not in dropped],
     }
+    warn_crowd_masks(out["annotations"], json_file)
+    if placeholders:
+        out[PLACEHOLDERS_KEY] = [cat for cat, _ in placeholders]
+    return out

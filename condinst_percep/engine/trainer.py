@@ -15,7 +15,9 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import CheckpointMismatchError, Checkpointer
 from ..data import build_detection_test_loader, build_detection_train_loader
 from ..data.build import images_per_process
+from ..data.classes import check_num_classes
 from ..evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
+from ..evaluation.coco_evaluation import COCO_MAX_DETS
 from ..modeling import build_model
 from ..utils import comm
 from ..utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
@@ -198,6 +200,13 @@ class Trainer(SimpleTrainer):
     def train(self) -> dict[str, Any]:  # type: ignore[override]
         """Trains from ``start_iter`` to ``SOLVER.MAX_ITER``; returns the last evaluation."""
         self.data_loader = build_detection_train_loader(self.cfg, start_iter=self.start_iter)
+        # Before the first iteration, and for the test sets too: a mismatch found at the end
+        # of training would have wasted it.
+        check_num_classes(
+            self.cfg.MODEL.FCOS.NUM_CLASSES,
+            [*self.cfg.DATASETS.TRAIN, *self.cfg.DATASETS.TEST],
+            self.cfg.DATALOADER.BAD_DATA_POLICY,
+        )
         self._data_loader_iter = None
         super().train(self.start_iter, self.max_iter)
         return self.last_eval_results
@@ -216,7 +225,13 @@ class Trainer(SimpleTrainer):
         results: OrderedDict[str, Any] = OrderedDict()
         for name in cfg.DATASETS.TEST:
             data_loader = build_detection_test_loader(cfg, name)
-            evaluator = COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name))
+            check_num_classes(cfg.MODEL.FCOS.NUM_CLASSES, [name], cfg.DATALOADER.BAD_DATA_POLICY)
+            # A model keeping more than COCO's 100 detections is scored on all of them.
+            evaluator = COCOEvaluator(
+                name,
+                output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name),
+                max_dets_per_image=max(COCO_MAX_DETS, cfg.MODEL.FCOS.POST_NMS_TOPK_TEST),
+            )
             results[name] = inference_on_dataset(model, data_loader, evaluator)
             if comm.is_main_process():
                 logger.info(f"Evaluation results for {name} in csv format:")

@@ -9,7 +9,7 @@ import itertools
 import json
 import logging
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RESULTS_FILE = "coco_instances_results.json"
+# COCO's limit on the detections scored per image.
+COCO_MAX_DETS = 100
 
 
 def instances_to_coco_json(
@@ -71,6 +73,25 @@ def instances_to_coco_json(
     return results
 
 
+def ids_from_one(coco_gt: COCO) -> int:
+    """Renumbers the ground truth's annotation ids 1..N in file order (in place) when one is
+    <= 0; returns how many ids changed. COCOeval stores the matched annotation's id in its
+    match table, where 0 means "no match": a detection matched to annotation id 0 (Roboflow,
+    Label Studio and labelme2coco start their ids at 0) counts as a false positive, and the
+    ground truth fed back as predictions scores 99.4 instead of 100 on the facade test set.
+    Predictions never refer to annotation ids, so the scores are otherwise unchanged."""
+    annotations = coco_gt.dataset["annotations"]
+    if all(a["id"] > 0 for a in annotations):
+        return 0
+    changed = 0
+    for new_id, ann in enumerate(annotations, start=1):
+        changed += ann["id"] != new_id
+        ann["id"] = new_id
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.createIndex()
+    return changed
+
+
 def _empty_results(coco_gt: COCO) -> COCO:
     # COCO.loadRes cannot take an empty list; an empty result set must still score AP 0.
     coco_dt = COCO()
@@ -85,9 +106,14 @@ def _empty_results(coco_gt: COCO) -> COCO:
 
 
 def evaluate_predictions_on_coco(
-    coco_gt: COCO, coco_results: list[dict], iou_type: str, img_ids: list[int] | None = None
+    coco_gt: COCO,
+    coco_results: list[dict],
+    iou_type: str,
+    img_ids: list[int] | None = None,
+    max_dets_per_image: int = COCO_MAX_DETS,
 ) -> tuple[COCOeval, str]:
-    """Runs COCOeval; returns it and the text of its summary table."""
+    """Runs COCOeval with maxDets ``[1, 10, max_dets_per_image]`` (COCO's 100 by default, as
+    detectron2's ``max_dets_per_image``); returns it and the text of its summary table."""
     results = copy.deepcopy(coco_results)
     if iou_type == "segm":
         if any("segmentation" not in r for r in results):
@@ -95,6 +121,12 @@ def evaluate_predictions_on_coco(
         for r in results:
             # Without a box, loadRes derives area and box from the mask, as detectron2 does.
             r.pop("bbox", None)
+    if any(ann_id <= 0 for ann_id in coco_gt.anns):
+        raise ValueError(
+            "The ground truth has an annotation id <= 0: COCOeval records 'no match' as 0, so a "
+            "match to annotation id 0 counts as a miss; renumber the ids from 1 "
+            "(COCOEvaluator does it with ids_from_one)"
+        )
     unknown = {r["image_id"] for r in results} - set(coco_gt.getImgIds())
     if unknown:
         raise ValueError(f"Predictions refer to image ids not in the dataset: {sorted(unknown)[:10]}")
@@ -103,12 +135,21 @@ def evaluate_predictions_on_coco(
     coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
     if img_ids is not None:
         coco_eval.params.imgIds = img_ids
+    coco_eval.params.maxDets = [1, 10, max_dets_per_image]
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    return coco_eval, summary.getvalue()
+    text = summary.getvalue()
+    if max_dets_per_image != COCO_MAX_DETS:
+        # summarize() reads its first AP at a fixed 100 detections (-1 when maxDets lacks
+        # 100); the others already use maxDets[2].
+        precision = coco_eval.eval["precision"][:, :, :, 0, -1]
+        defined = precision[precision > -1]
+        coco_eval.stats[0] = float(np.mean(defined)) if defined.size else -1.0
+        text += f"(first line: AP @[ IoU=0.50:0.95 | area= all | maxDets={max_dets_per_image} ] = {coco_eval.stats[0]:.3f})\n"
+    return coco_eval, text
 
 
 def derive_coco_results(coco_eval: COCOeval, class_names: list[str]) -> OrderedDict:
@@ -147,7 +188,9 @@ class COCOEvaluator(DatasetEvaluator):
     pred_masks at the original size) to COCO results; ``evaluate`` gathers them from every
     process, writes ``output_dir/coco_instances_results.json`` (before scoring, atomically) and
     returns ``OrderedDict(bbox={AP, AP50, ..., AP-<class>}, segm={...})`` in percent on the main
-    process (an empty dict elsewhere).
+    process (an empty dict elsewhere). ``max_dets_per_image`` is COCOeval's limit of detections
+    scored per image (detectron2's argument; COCO's 100 by default); ground truth with more
+    objects in an image is warned about. Annotation ids <= 0 are renumbered (:func:`ids_from_one`).
     """
 
     def __init__(
@@ -156,6 +199,7 @@ class COCOEvaluator(DatasetEvaluator):
         output_dir: str | None = None,
         distributed: bool = True,
         tasks: tuple[str, ...] = ("bbox", "segm"),
+        max_dets_per_image: int = COCO_MAX_DETS,
     ) -> None:
         unknown = set(tasks) - {"bbox", "segm"}
         if unknown or not tasks:
@@ -181,12 +225,39 @@ class COCOEvaluator(DatasetEvaluator):
         self._coco_api = load_coco_api(json_file, dataset_name, report, fix_boxes=False)
         if report.num("skipped") or report.num("fixed"):
             report.log(logger, f"COCOEvaluator ground truth of '{dataset_name}'")
+        self._max_dets = max_dets_per_image
+        self._warn_crowded_images()
+        renumbered = ids_from_one(self._coco_api)
+        if renumbered:
+            logger.info(
+                f"'{dataset_name}': annotation ids start at 0 or below; renumbered 1..N for "
+                f"COCOeval ({renumbered} ids changed), which takes id 0 for 'no match'"
+            )
         id_map = metadata.get("thing_dataset_id_to_contiguous_id") or category_id_map(self._coco_api)
         self._contiguous_to_dataset_id = {v: k for k, v in id_map.items()}
         self._class_names = metadata.get("thing_classes") or [
             c["name"] for c in self._coco_api.loadCats(sorted(id_map))
         ]
         self._predictions: list[dict] = []
+
+    def _warn_crowded_images(self) -> None:
+        # COCOeval keeps maxDets detections per image and category.
+        counts = Counter(
+            (a["image_id"], a["category_id"])
+            for a in self._coco_api.dataset["annotations"]
+            if not a.get("iscrowd", 0)
+        )
+        crowded = sorted((n, key) for key, n in counts.items() if n > self._max_dets)
+        if crowded:
+            most, (img_id, cat_id) = crowded[-1]
+            logger.warning(
+                f"{len(crowded)} images of '{self._dataset_name}' have more than "
+                f"{self._max_dets} objects of one category (most: {most} of category id "
+                f"{cat_id} in image id {img_id}): COCO's AP scores at most {self._max_dets} "
+                "detections per image and category, so objects beyond them count as missed even "
+                "for perfect predictions. MODEL.FCOS.POST_NMS_TOPK_TEST above 100 raises both "
+                "the model's limit and the evaluation's"
+            )
 
     def reset(self) -> None:
         self._predictions = []
@@ -232,7 +303,7 @@ class COCOEvaluator(DatasetEvaluator):
         results = OrderedDict()
         for task in self._tasks:
             coco_eval, summary = evaluate_predictions_on_coco(
-                self._coco_api, coco_results, task, img_ids
+                self._coco_api, coco_results, task, img_ids, self._max_dets
             )
             logger.info(f"Evaluation results for {task} on '{self._dataset_name}':\n{summary}")
             results[task] = derive_coco_results(coco_eval, self._class_names)
