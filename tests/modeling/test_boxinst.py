@@ -222,16 +222,22 @@ def test_losses_without_instances_stay_connected():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "key, value, match",
     [
-        (dict(pairwise_size=4), "PAIRWISE.SIZE must be odd"),
-        (dict(pairwise_dilation=0), "PAIRWISE.DILATION must be >= 1"),
-        (dict(warmup_iters=0), "PAIRWISE.WARMUP_ITERS must be >= 1"),
+        ("SIZE", 4, r"PAIRWISE.SIZE = 4: must be odd"),
+        ("DILATION", 0, r"PAIRWISE.DILATION = 0: must be >= 1"),
+        ("WARMUP_ITERS", 0, r"PAIRWISE.WARMUP_ITERS = 0: must be >= 1"),
     ],
 )
-def test_bad_pairwise_settings_name_the_key(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        BoxInstLosses(**kwargs)
+def test_bad_pairwise_settings_name_the_key(key, value, match):
+    from condinst_percep.config import get_cfg
+    from condinst_percep.config.validate import UnsupportedConfigError, collect_problems
+    from condinst_percep.modeling.condinst.boxinst_loss import check_boxinst_cfg
+
+    cfg = get_cfg()
+    cfg.MODEL.BOXINST.PAIRWISE[key] = value
+    with pytest.raises(UnsupportedConfigError, match=match):
+        collect_problems(cfg, [check_boxinst_cfg])
 
 
 def test_validate_cfg_names_bad_boxinst_keys():

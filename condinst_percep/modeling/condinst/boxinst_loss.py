@@ -87,18 +87,6 @@ class BoxInstLosses:
         color_thresh: float = 0.3,
         warmup_iters: int = 10000,
     ):
-        if pairwise_size < 1 or pairwise_size % 2 != 1:
-            raise ValueError(
-                f"MODEL.BOXINST.PAIRWISE.SIZE must be odd and >= 1, got {pairwise_size}"
-            )
-        if pairwise_dilation < 1:
-            raise ValueError(
-                f"MODEL.BOXINST.PAIRWISE.DILATION must be >= 1, got {pairwise_dilation}"
-            )
-        if warmup_iters < 1:
-            raise ValueError(
-                f"MODEL.BOXINST.PAIRWISE.WARMUP_ITERS must be >= 1, got {warmup_iters}"
-            )
         self.pairwise_size = pairwise_size
         self.pairwise_dilation = pairwise_dilation
         self.color_thresh = color_thresh
