@@ -11,12 +11,14 @@ Trains and evaluates each variant once per seed, each run in its own process
     python tools/ablate.py --seeds 0 --max-iter 300 --output-dir output/ablate_short
     python tools/ablate.py --sweep facade --seeds 0 1 2 3 4 --output-dir output/ablate_facade \
         --write-docs docs/results.md               # configs/Facade, scored on test
+    python tools/ablate.py --sweep boxinst --seeds 0 1 2 3 4 --output-dir output/ablate_boxinst \
+        --write-docs docs/results.md               # BoxInst against BoxInst + loss (teacher)
 
 Finished runs (``ablate_result.json`` in their folder) are reused, so an interrupted ablation
 resumes where it stopped. The teacher of ``+loss (teacher)`` is the baseline run of the same seed
 (its ``model_final.pth``), unless ``--teacher-weights`` names a file; in the facade sweep it is
 one run of the teacher config (the baseline trained twice as long, ``--teacher-seed``), trained
-first. The facade runs select nothing on test: they train with valid as DATASETS.TEST, then each
+first; in the boxinst sweep one BoxInst run at 3x the schedule, trained first likewise. The facade runs select nothing on test: they train with valid as DATASETS.TEST, then each
 finished model is scored once on test (``<run>/test/``), and the table (all six COCO APs of box
 and mask, per-class AP of the frequent classes, paired differences with standard error and
 p-value, see tools/ablate_stats.py) is of the test scores. Extra ``KEY VALUE`` pairs at the end
@@ -44,14 +46,17 @@ QUICKSTART = os.path.join("configs", "Quickstart")
 PLAIN_CONFIG = os.path.join(QUICKSTART, "CondInst_shapes.yaml")
 GT_CONFIG = os.path.join(QUICKSTART, "CondInst-Percep_shapes.yaml")
 TEACHER_CONFIG = os.path.join(QUICKSTART, "CondInst-Percep-Teacher_shapes.yaml")
+BOXINST_CONFIG = os.path.join(QUICKSTART, "BoxInst_shapes.yaml")
 RESULT_FILE = "ablate_result.json"
 METRICS = (("bbox", "AP"), ("segm", "AP"))
 FACADE = os.path.join("configs", "Facade")
 FACADE_TEST = "coco:datasets/facade/test/_annotations.coco.json:datasets/facade/test"
 # The facade classes with the most test instances (1999, 328, 167 of 2842).
 FACADE_CLASSES = ("window", "balcony-fence", "vegetation")
-DOCS_BEGIN = "<!-- ablate --sweep facade: begin -->"
-DOCS_END = "<!-- ablate --sweep facade: end -->"
+
+def docs_markers(sweep: str) -> tuple[str, str]:
+    """The comments around the section of a results file that ``--write-docs`` fills."""
+    return f"<!-- ablate --sweep {sweep}: begin -->", f"<!-- ablate --sweep {sweep}: end -->"
 
 
 @dataclass
@@ -87,6 +92,12 @@ SWEEPS: dict[str, list[Variant]] = {
         Variant("+loss (teacher)", os.path.join(FACADE, "CondInst-Percep-Teacher_facade.yaml"),
                 needs_teacher=True),
     ],
+    # Box-only training on both sides: no ground-truth mask reaches either model or the teacher.
+    "boxinst": [
+        Variant("BoxInst", BOXINST_CONFIG),
+        Variant("+loss (teacher)", os.path.join(QUICKSTART, "BoxInst-Percep-Teacher_shapes.yaml"),
+                needs_teacher=True),
+    ],
     "init": [
         Variant("he (fan-in)", GT_CONFIG, ["MODEL.PERCEP.INIT", "he"]),
         Variant("xavier", GT_CONFIG, ["MODEL.PERCEP.INIT", "xavier"]),
@@ -103,7 +114,12 @@ SWEEPS: dict[str, list[Variant]] = {
 
 
 # Sweeps whose teacher is one run of its own config (not the baseline of each seed).
-TEACHERS = {"facade": Variant("teacher", os.path.join(FACADE, "CondInst-Teacher_facade.yaml"))}
+TEACHERS = {
+    "facade": Variant("teacher", os.path.join(FACADE, "CondInst-Teacher_facade.yaml")),
+    # The quickstart schedule trained 3x as long, as the CondInst teacher-3x run in docs/results.md.
+    "boxinst": Variant("teacher 3x", BOXINST_CONFIG,
+                       ["SOLVER.MAX_ITER", "3000", "SOLVER.STEPS", "(2250, 2760)"]),
+}
 # Sweeps scored on a held-out set after training (which evaluated on the selection set).
 TEST_SETS = {"facade": FACADE_TEST}
 
@@ -172,19 +188,21 @@ def test_command(cmd: list[str], test_set: str) -> list[str]:
 
 
 def write_docs(path: str, table: str, args: argparse.Namespace) -> None:
-    """Replaces the text between DOCS_BEGIN and DOCS_END in ``path`` by ``table``."""
+    """Replaces the text between the sweep's markers (docs_markers) in ``path`` by ``table``."""
+    begin, end = docs_markers(args.sweep)
     with open(path) as f:
         text = f.read()
-    if DOCS_BEGIN not in text or DOCS_END not in text:
-        raise ValueError(f"{path} has no '{DOCS_BEGIN}' ... '{DOCS_END}' section to fill")
-    head, rest = text.split(DOCS_BEGIN, 1)
-    _, tail = rest.split(DOCS_END, 1)
+    if begin not in text or end not in text:
+        raise ValueError(f"{path} has no '{begin}' ... '{end}' section to fill")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    scores = "test-set scores" if args.sweep in TEST_SETS else "scores"
     body = (f"\n`python tools/ablate.py --sweep {args.sweep} --seeds "
-            f"{' '.join(map(str, args.seeds))}`: test-set scores, mean ± sd over seeds; Δ = mean "
+            f"{' '.join(map(str, args.seeds))}`: {scores}, mean ± sd over seeds; Δ = mean "
             "paired difference ± its standard error (p: two-sided paired t-test).\n\n"
             f"{table}\n")
     with open(path, "w") as f:
-        f.write(head + DOCS_BEGIN + body + DOCS_END + tail)
+        f.write(head + begin + body + end + tail)
 
 
 def aggregate(results: dict[str, list[dict[str, float]]]) -> list[list]:
@@ -236,10 +254,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher-weights", default="",
                         help="teacher for '+loss (teacher)'; default: that seed's baseline")
     parser.add_argument("--teacher-seed", type=int, default=0,
-                        help="SEED of the sweep's own teacher run (facade)")
+                        help="SEED of the sweep's own teacher run (facade, boxinst)")
     parser.add_argument("--write-docs", default="",
-                        help=f"a markdown file whose {DOCS_BEGIN} ... {DOCS_END} section gets "
-                        "the facade table")
+                        help="a markdown file whose '<!-- ablate --sweep SWEEP: begin -->' ... "
+                        "'<!-- ablate --sweep SWEEP: end -->' section gets the sweep's paired table")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -276,8 +294,9 @@ def main(argv: list[str] | None = None) -> list[list]:
             results[variant.name][seed] = done
     rows = aggregate({name: list(runs.values()) for name, runs in results.items()})
     print(format_table(rows))
-    if test_set is not None and any(results.values()):
-        table = paired_table(results, SWEEPS[args.sweep][0].name, FACADE_CLASSES)
+    if (test_set is not None or args.sweep in TEACHERS) and any(results.values()):
+        classes = FACADE_CLASSES if args.sweep == "facade" else ()
+        table = paired_table(results, SWEEPS[args.sweep][0].name, classes)
         print(table)
         if args.write_docs:
             write_docs(args.write_docs, table, args)

@@ -81,11 +81,12 @@ def test_table_and_docs_section(tmp_path):
     assert any(line.startswith("| mask AP window ") and "+2.00 ± 1.00" in line for line in lines)
     assert len(lines) == 2 + 12 + 2 * 1
     docs = tmp_path / "results.md"
-    docs.write_text(f"# x\n{ablate.DOCS_BEGIN}\nold\n{ablate.DOCS_END}\nafter\n")
+    begin, end = ablate.docs_markers("facade")
+    docs.write_text(f"# x\n{begin}\nold\n{end}\nafter\n")
     args = ablate.parse_args(["--sweep", "facade", "--seeds", "0", "1"])
     ablate.write_docs(str(docs), table, args)
     text = docs.read_text()
-    assert "old" not in text and table in text and text.endswith(f"{ablate.DOCS_END}\nafter\n")
+    assert "old" not in text and table in text and text.endswith(f"{end}\nafter\n")
     (tmp_path / "plain.md").write_text("no section")
     with pytest.raises(ValueError, match="has no '<!-- ablate --sweep facade: begin -->'"):
         ablate.write_docs(str(tmp_path / "plain.md"), table, args)
