@@ -11,7 +11,7 @@ from condinst_percep.modeling.condinst import (
     MASK_HEAD_REGISTRY,
     DynamicMaskHead,
     build_mask_head,
-    condinst as condinst_module,
+    inference as inference_module,
 )
 from condinst_percep.structures import Instances
 from tests.conftest import tiny_cfg
@@ -234,7 +234,7 @@ def test_inference_masks_at_original_size_and_scaled_boxes(small_model, monkeypa
         with torch.no_grad():
             same = model([{"image": rec["image"]}])[0]["instances"]
             big = model([{"image": rec["image"], "height": 200, "width": 360}])[0]["instances"]
-            monkeypatch.setattr(condinst_module, "_POSTPROCESS_CHUNK_ELEMENTS", 1)
+            monkeypatch.setattr(inference_module, "_POSTPROCESS_CHUNK_ELEMENTS", 1)
             chunked = model([{"image": rec["image"], "height": 200, "width": 360}])[0]["instances"]
     finally:
         model.proposal_generator.fcos_outputs.pre_nms_thresh_test = 0.05
@@ -253,15 +253,14 @@ def test_inference_masks_at_original_size_and_scaled_boxes(small_model, monkeypa
     assert torch.equal(chunked.pred_masks, big.pred_masks)
 
 
-def test_postprocess_matches_unchunked_reference(small_model):
-    model = small_model
+def test_postprocess_matches_unchunked_reference():
     gen = torch.Generator().manual_seed(0)
     probs = torch.rand(3, 1, 24, 32, generator=gen)
     inst = Instances((96, 128), pred_boxes=torch.tensor([[1.0, 2.0, 50.0, 60.0], [5.0, 5.0, 5.0, 9.0],
                                                          [-10.0, 0.0, 300.0, 80.0]]),
                      scores=torch.tensor([0.9, 0.8, 0.7]), pred_classes=torch.tensor([0, 1, 2]),
                      pred_global_masks=probs)
-    out = model.postprocess(inst, (90, 100), 45, 50, (96, 128))
+    out = inference_module.postprocess(inst, (90, 100), 45, 50, (96, 128))
     # the empty box (zero width) is dropped; masks follow the kept boxes
     assert out.pred_classes.tolist() == [0, 2]
     ref = aligned_bilinear(probs[[0, 2]], 4)[:, :, :90, :100]

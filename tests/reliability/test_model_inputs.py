@@ -5,7 +5,7 @@ original size in bounded chunks, and the GroupNorm configuration that cannot wor
 import pytest
 import torch
 
-import condinst_percep.modeling.condinst.condinst as condinst_module
+import condinst_percep.modeling.condinst.inference as inference_module
 from condinst_percep.config import UnsupportedConfigError
 from condinst_percep.engine import validate_cfg
 from condinst_percep.modeling import build_model
@@ -91,13 +91,13 @@ def test_masks_at_a_large_original_size_are_pasted_in_bounded_chunks(model, monk
     # A 96x128 input whose original image is 1200x1600: each float mask at that size takes
     # 7.7 MB (100 of them 768 MB); the paste must go in chunks of at most 2**25 elements.
     calls = []
-    real = condinst_module.aligned_bilinear
+    real = inference_module.aligned_bilinear
 
     def recording(x, factor):
         calls.append(x.shape[0])
         return real(x, factor)
 
-    monkeypatch.setattr(condinst_module, "aligned_bilinear", recording)
+    monkeypatch.setattr(inference_module, "aligned_bilinear", recording)
     sample = _sample(96, 128, 0, with_instances=False)
     sample["height"], sample["width"] = 1200, 1600
     model.eval()
@@ -107,7 +107,7 @@ def test_masks_at_a_large_original_size_are_pasted_in_bounded_chunks(model, monk
     padded = 128 * 128  # the input padded to the size divisibility
     per_mask = max(padded, 1200 * 1600)
     assert sum(calls) == len(inst) and len(calls) > 1
-    assert max(calls) * per_mask <= condinst_module._POSTPROCESS_CHUNK_ELEMENTS
+    assert max(calls) * per_mask <= inference_module._POSTPROCESS_CHUNK_ELEMENTS
 
 
 def test_one_channel_per_gn_group_with_a_1x1_top_level_is_refused():

@@ -5,28 +5,25 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...config.validate import Report, check_choice
-from ...layers import aligned_bilinear, guard_batch_statistics
+from ...layers import guard_batch_statistics
 from ...layers.host_values import segment_ids
-from ...structures import Instances, clip_boxes, nonempty_boxes, scale_boxes
+from ...structures import Instances
 from ..fcos import FCOS
 from ..fcos.fcos_targets import mask_centroids
 from ..backbone import build_backbone, check_backbone_cfg
 from .boxinst_loss import check_boxinst_cfg
 from .boxinst_targets import BoxInstTargets
 from .dynamic_mask_head import build_mask_head, check_mask_head_cfg
+from .inference import postprocess
 from .inputs import check_gt_instances, check_image
 from .mask_branch import MaskBranch
 from .percep_mask_head import check_percep_enabled
 from .teacher import build_teacher, wants_teacher
 
 logger = logging.getLogger(__name__)
-
-# Elements of float32 work memory per chunk of masks pasted at the original image size.
-_POSTPROCESS_CHUNK_ELEMENTS = 1 << 25
 
 # The config key that picks the norm of each head, by module-name prefix (first match wins);
 # the backbone's come from its NORM_KEYS.
@@ -379,44 +376,5 @@ class CondInst(nn.Module):
             per_image = merged[start : start + len(detections[i])]
             start += len(detections[i])
             height, width = int(x.get("height", size[0])), int(x.get("width", size[1]))
-            results.append({"instances": self.postprocess(per_image, size, height, width, padded)})
+            results.append({"instances": postprocess(per_image, size, height, width, padded)})
         return results
-
-    def postprocess(
-        self,
-        instances: Instances,
-        input_size: tuple[int, int],
-        height: int,
-        width: int,
-        padded_size: tuple[int, int],
-        mask_threshold: float = 0.5,
-    ) -> Instances:
-        """Scales boxes to (height, width), clips them, drops empty ones, and pastes masks:
-        ``aligned_bilinear`` to the padded input size, crop to the un-padded input size,
-        bilinear resize (align_corners=False) to (height, width), ``> mask_threshold``.
-
-        Masks are processed in chunks so that the float work memory stays bounded whatever the
-        image size (AdelaiDet materialises all masks at once as float: issue #376).
-        Returns ``pred_boxes`` float32 (K, 4), ``scores`` float32 (K,), ``pred_classes`` int64
-        (K,), ``pred_masks`` bool (K, height, width).
-        """
-        h, w = input_size
-        boxes = scale_boxes(instances.pred_boxes.float(), width / w, height / h)
-        boxes = clip_boxes(boxes, (height, width))
-        keep = nonempty_boxes(boxes)
-        probs = instances.pred_global_masks[keep]
-        factor = padded_size[0] // probs.shape[-2]
-        masks = torch.zeros((len(probs), height, width), dtype=torch.bool, device=probs.device)
-        pixels = max(padded_size[0] * padded_size[1], height * width)
-        chunk = max(1, _POSTPROCESS_CHUNK_ELEMENTS // pixels)
-        for start in range(0, len(probs), chunk):
-            m = aligned_bilinear(probs[start : start + chunk].float(), factor)[:, :, :h, :w]
-            m = F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
-            masks[start : start + chunk] = m[:, 0] > mask_threshold
-        return Instances(
-            (height, width),
-            pred_boxes=boxes[keep],
-            scores=instances.scores[keep].float(),
-            pred_classes=instances.pred_classes[keep],
-            pred_masks=masks,
-        )

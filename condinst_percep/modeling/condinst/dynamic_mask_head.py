@@ -73,7 +73,7 @@ def parse_dynamic_params(
     weights, biases = splits[:num_layers], splits[num_layers:]
     for layer in range(num_layers):
         out = channels if layer < num_layers - 1 else 1
-        weights[layer] = weights[layer].reshape(num_insts, out, -1)
+        weights[layer] = weights[layer].reshape(num_insts, out, weight_nums[layer] // out)
         biases[layer] = biases[layer].reshape(num_insts, out, 1)
     return weights, biases
 
@@ -177,20 +177,39 @@ class DynamicMaskHead(nn.Module):
                 f"mask_feat_stride {mask_feat_stride} is not a multiple of MASK_OUT_STRIDE "
                 f"{self.mask_out_stride}"
             )
-        factor = mask_feat_stride // self.mask_out_stride
-        n = len(instances)
-        _, _, h, w = mask_feats.shape
-        params = instances.mask_head_params
-        if n == 0:
+        if len(instances) == 0:
             # Zero-valued but connected, so DDP sees every parameter used (AdelaiDet's dummy).
-            connected = mask_feats.sum() * 0 + params.sum() * 0
+            factor = mask_feat_stride // self.mask_out_stride
+            _, _, h, w = mask_feats.shape
+            connected = mask_feats.sum() * 0 + instances.mask_head_params.sum() * 0
             return mask_feats.new_zeros((0, 1, h * factor, w * factor)) + connected
-        inputs = mask_feats[instances.im_inds].reshape(n, self.in_channels, h * w)
+        return self.dynamic_logits(
+            mask_feats, mask_feat_stride, instances.locations, instances.im_inds,
+            instances.fpn_levels, instances.mask_head_params,
+        )
+
+    def dynamic_logits(
+        self,
+        mask_feats: torch.Tensor,
+        mask_feat_stride: int,
+        locations: torch.Tensor,
+        im_inds: torch.Tensor,
+        fpn_levels: torch.Tensor,
+        params: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`mask_logits` on the instances' fields, without its n == 0 case (nor the
+        stride check), so that it also traces for an n known only when the graph runs
+        (torch.export's unbacked sizes, ``condinst_percep.export``): the same operations,
+        (n, 1, Hp/4, Wp/4)."""
+        factor = mask_feat_stride // self.mask_out_stride
+        n = params.shape[0]
+        _, _, h, w = mask_feats.shape
+        inputs = mask_feats[im_inds].reshape(n, self.in_channels, h * w)
         if not self.disable_rel_coords:
             pixels = compute_locations(h, w, mask_feat_stride, mask_feats.device)
-            rel = instances.locations.reshape(-1, 1, 2) - pixels.reshape(1, -1, 2)
+            rel = locations.reshape(-1, 1, 2) - pixels.reshape(1, -1, 2)
             rel = rel.permute(0, 2, 1).float()
-            soi = self.sizes_of_interest.float()[instances.fpn_levels]
+            soi = self.sizes_of_interest.float()[fpn_levels]
             rel = (rel / soi.reshape(-1, 1, 1)).to(dtype=mask_feats.dtype)
             inputs = torch.cat([rel, inputs], dim=1)
         weights, biases = parse_dynamic_params(
