@@ -7,9 +7,10 @@ apply:
         MODEL.WEIGHTS output/quickstart/condinst_shapes/model_final.pth
     # -> exported/model.onnx; --format export -> exported/model.pt2 (torch.export)
 
-The file holds the dense graph (backbone, FPN, FCOS head, controller, mask branch; dynamic batch
-and image size) and the config; ``condinst_percep.ExportedPredictor(file)`` runs it with the
-package's decoding (see docs/deployment.md). After writing, the sample image is run through the
+The file holds the whole inference (backbone, FPN, FCOS head and decoding, NMS, the dynamic mask
+head, the mask paste to the padded input; dynamic batch and image size) and the config;
+``condinst_percep.ExportedPredictor(file)`` runs it with the resize before and the masks' resize
+to each image's size after (see docs/deployment.md). After writing, the sample image is run through the
 eager and the exported model and both detection counts are printed.
 """
 
@@ -21,12 +22,11 @@ import os
 import sys
 
 import numpy as np
-import torch
 
 from condinst_percep import ExportedPredictor, Predictor
 from condinst_percep.config import load_cfg
 from condinst_percep.data import read_image
-from condinst_percep.export import export_onnx, export_program, save_program
+from condinst_percep.export import export_onnx, sample_inputs, save_program
 from condinst_percep.utils.logger import setup_logger
 
 FILE_NAMES = {"onnx": "model.onnx", "export": "model.pt2"}
@@ -63,14 +63,10 @@ def main(argv: list[str] | None = None) -> str:
         logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialised model")
     predictor = Predictor(cfg)
     image = sample_image(cfg, args.sample_image)
-    sample = predictor.model_input(0, image)
-    with torch.no_grad():
-        images, _ = predictor.model.preprocess_image([sample])
+    inputs = sample_inputs(predictor.model, [predictor.model_input(0, image)])
     path = os.path.join(args.output, FILE_NAMES[args.format])
-    if args.format == "onnx":
-        export_onnx(predictor.model, images, path, predictor.cfg)
-    else:
-        save_program(export_program(predictor.model, images), path, predictor.cfg)
+    save = export_onnx if args.format == "onnx" else save_program
+    save(predictor.model, inputs, path, predictor.cfg)
     eager, exported = predictor(image), ExportedPredictor(path)(image)
     logger.info(f"wrote {path}; sample image {image.shape[:2]}: {len(eager)} detections eager, "
                 f"{len(exported)} exported")

@@ -1,6 +1,7 @@
 """``ExportedPredictor(path)``: :class:`~condinst_percep.engine.predictor.Predictor`'s call and
 ``Instances`` over an exported file (.onnx run by ONNX Runtime on the CPU, or a .pt2
-ExportedProgram), the graph's dense outputs decoded by the package (``CondInst.decode``)."""
+ExportedProgram). The graph holds the whole inference; this wrapper resizes and pads the images
+before it and, per image, resizes the masks to the image's own size after it."""
 
 from __future__ import annotations
 
@@ -10,49 +11,47 @@ import torch
 
 from ..config import CfgNode, get_cfg
 from ..engine.predictor import BasePredictor
+from ..modeling.condinst.inference import paste_masks
 from ..structures import Instances
-from .graph import CONFIG_FILE, CONFIG_KEY
+from .graph import (
+    CONFIG_FILE, CONFIG_KEY, DIVISIBILITY_FILE, DIVISIBILITY_KEY, INPUT_NAMES, pad_images,
+)
 
 __all__ = ["ExportedPredictor"]
 
 
 class ExportedPredictor(BasePredictor):
-    """``path``: a file written by ``tools/export_model.py`` (its config inside).
-
-    The post-processor is a CondInst built from that config with no weights loaded: only its
-    parameter-free parts run (normalisation and padding, FCOS decoding, NMS, the dynamic mask
-    head on the graph's controller outputs, the mask paste), the weights are all in the graph.
-    ONNX files run on the CPU; ExportedPrograms on ``MODEL.DEVICE``.
-    """
+    """``path``: a file written by ``tools/export_model.py`` (its config inside). ONNX files run
+    on the CPU; ExportedPrograms on ``MODEL.DEVICE`` of the stored config."""
 
     def __init__(self, path: str):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ExportedPredictor: no exported model at {path!r}")
         ext = os.path.splitext(path)[1]
         if ext == ".onnx":
-            self._load_onnx(path)
+            cfg = self._load_onnx(path)
         elif ext == ".pt2":
-            self._load_program(path)
+            cfg = self._load_program(path)
         else:
             raise ValueError(f"ExportedPredictor: {path!r} is neither .onnx nor .pt2")
-        from ..modeling import build_model
-
-        super().__init__(self._cfg)
-        self.model = build_model(self.cfg).eval()
+        super().__init__(cfg)
         self.path = path
 
     @staticmethod
-    def _parse_cfg(text: str | None, path: str, where: str) -> CfgNode:
-        if not text:
+    def _parse(
+        path: str, where: str, config: str | None, divisibility: str | None
+    ) -> tuple[CfgNode, int]:
+        if not config or not divisibility:
             raise ValueError(f"ExportedPredictor: {path!r} has no {where}; export it with "
                              "tools/export_model.py")
         cfg = get_cfg()
-        cfg.merge_from_other_cfg(CfgNode.load_cfg(text))
+        cfg.merge_from_other_cfg(CfgNode.load_cfg(config))
         cfg.defrost()
         cfg.MODEL.WEIGHTS = ""  # the weights are in the graph
-        return cfg
+        cfg.freeze()
+        return cfg, int(divisibility)
 
-    def _load_onnx(self, path: str) -> None:
+    def _load_onnx(self, path: str) -> CfgNode:
         try:
             import onnxruntime
         except ImportError as e:
@@ -60,22 +59,42 @@ class ExportedPredictor(BasePredictor):
                               "'condinst-percep[export]'") from e
         self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
-        self._cfg = self._parse_cfg(meta.get(CONFIG_KEY), path, f"metadata {CONFIG_KEY!r}")
-        self._cfg.MODEL.DEVICE = "cpu"
+        cfg, self.divisibility = self._parse(
+            path, f"metadata {CONFIG_KEY!r} and {DIVISIBILITY_KEY!r}", meta.get(CONFIG_KEY),
+            meta.get(DIVISIBILITY_KEY),
+        )
+        self.device = torch.device("cpu")
         self.graph = self._run_onnx
+        return cfg
 
-    def _load_program(self, path: str) -> None:
-        extra = {CONFIG_FILE: ""}
+    def _load_program(self, path: str) -> CfgNode:
+        extra = {CONFIG_FILE: "", DIVISIBILITY_FILE: ""}
         program = torch.export.load(path, extra_files=extra)
-        self._cfg = self._parse_cfg(extra[CONFIG_FILE], path, f"extra file {CONFIG_FILE!r}")
-        self.graph = program.module().to(self._cfg.MODEL.DEVICE)
+        cfg, self.divisibility = self._parse(
+            path, f"extra files {CONFIG_FILE!r} and {DIVISIBILITY_FILE!r}", extra[CONFIG_FILE],
+            extra[DIVISIBILITY_FILE],
+        )
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        self.graph = program.module().to(self.device)
+        return cfg
 
-    def _run_onnx(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs = self.session.run(None, {"images": images.cpu().numpy()})
-        return tuple(torch.from_numpy(o) for o in outputs)
+    def _run_onnx(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs)}
+        return tuple(torch.from_numpy(o) for o in self.session.run(None, feeds))
 
     def run(self, inputs: list[dict]) -> list[Instances]:
-        images, image_sizes = self.model.preprocess_image(inputs)
-        dense = self.graph(images)
-        results = self.model.decode(dense, inputs, image_sizes, images.shape[-2:])
-        return [r["instances"] for r in results]
+        images, image_sizes = pad_images([x["image"] for x in inputs], self.divisibility)
+        output_sizes = torch.tensor([[x["height"], x["width"]] for x in inputs])
+        graph_inputs = (t.to(self.device) for t in (images, image_sizes, output_sizes))
+        boxes, scores, classes, batch_index, masks = self.graph(*graph_inputs)
+        counts = torch.bincount(batch_index, minlength=len(inputs)).tolist()
+        results, start = [], 0
+        for i, (x, count) in enumerate(zip(inputs, counts)):
+            rows, start = slice(start, start + count), start + count
+            size = (x["height"], x["width"])
+            pasted = paste_masks(masks[rows, None], 1, tuple(image_sizes[i].tolist()), size)
+            results.append(Instances(
+                size, pred_boxes=boxes[rows], scores=scores[rows], pred_classes=classes[rows],
+                pred_masks=pasted,
+            ))
+        return results

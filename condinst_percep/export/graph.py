@@ -1,17 +1,18 @@
-"""Exporting CondInst's dense part: an ONNX file (the ``torch.onnx`` dynamo exporter) or a
-``torch.export`` ExportedProgram, with a dynamic batch and image size.
+"""Exporting CondInst's whole inference (:class:`~.inference_graph.CondInstGraph`): an ONNX file
+(the ``torch.onnx`` dynamo exporter, NMS translated to ``NonMaxSuppression``) or a
+``torch.export`` ExportedProgram (NMS as the custom op ``condinst_percep::batched_nms``), with a
+dynamic batch and image size.
 
-The graph is ``CondInst.dense_outputs``: backbone, FPN, FCOS head with the controller and the
-mask branch, from the normalised, padded batch (N, 3, Hp, Wp) to ``4 L + 1`` tensors. What
-follows (``CondInst.decode``) stays eager, in the package, because its shapes depend on the
-data: the score threshold and top-k per level select a data-dependent number of candidates,
-greedy NMS is a sequential loop over them (ONNX's ``NonMaxSuppression`` is class-agnostic per
-call and compares in float, not our exact kernel), the dynamic mask head runs once per
-surviving detection and the paste produces one full-size mask each. ``ExportedPredictor`` pairs
-the two, so a user never handles the graph's outputs.
+The graph goes from the padded uint8 batch and the image sizes to the final detections with
+their masks on the padded input canvas. Outside it, in ``ExportedPredictor``: the test-time
+resize and padding before, and per image the crop of the masks to the image and their resize
+to the caller's image size after (``modeling.condinst.inference.paste_masks``) — the inverse of
+the resize, with one output size per image (a batch of images of different sizes has no single
+output shape a graph could return).
 
 The config travels inside the file (ONNX metadata ``condinst_percep.config``; the .pt2's extra
-file ``config.yaml``): the post-processor and the input resize are built from it.
+file ``config.yaml``), and so does the padding multiple (``condinst_percep.size_divisibility``,
+``size_divisibility.txt``).
 """
 
 from __future__ import annotations
@@ -23,41 +24,67 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from ..config import CfgNode
+from .inference_graph import OUTPUT_NAMES, CondInstGraph
+from .nms_op import ONNX_TRANSLATIONS
 
-__all__ = ["DenseCondInst", "export_program", "export_onnx", "CONFIG_KEY", "CONFIG_FILE"]
+__all__ = ["export_program", "export_onnx", "save_program", "sample_inputs", "CONFIG_KEY",
+           "CONFIG_FILE", "DIVISIBILITY_KEY", "DIVISIBILITY_FILE", "INPUT_NAMES"]
 
 CONFIG_KEY = "condinst_percep.config"
 CONFIG_FILE = "config.yaml"
+DIVISIBILITY_KEY = "condinst_percep.size_divisibility"
+DIVISIBILITY_FILE = "size_divisibility.txt"
+INPUT_NAMES = ("images", "image_sizes", "output_sizes")
 # Largest batch and padded side the graph's dynamic dimensions admit.
 _MAX_BATCH = 64
 _MAX_SIDE = 4096
 
 
-class DenseCondInst(nn.Module):
-    """``model.dense_outputs`` as a module of one tensor argument, the thing exported."""
+def size_divisibility(model: nn.Module) -> int:
+    """The multiple the graph's padded sides must be (1: any size)."""
+    return model.backbone.size_divisibility or 1
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.model.dense_outputs(images)
+def pad_images(images: list[torch.Tensor], divisibility: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, h, w) uint8 images -> the graph's ``images`` (N, 3, Hp, Wp) uint8, zero-padded at the
+    bottom/right to multiples of ``divisibility``, and ``image_sizes`` int64 (N, 2)."""
+    sizes = torch.tensor([im.shape[-2:] for im in images], dtype=torch.int64)
+    hp, wp = (-(-int(s) // divisibility) * divisibility for s in sizes.max(dim=0).values)
+    batch = images[0].new_zeros((len(images), images[0].shape[0], hp, wp))
+    for im, padded in zip(images, batch):
+        padded[:, : im.shape[1], : im.shape[2]].copy_(im)
+    return batch, sizes
+
+
+def sample_inputs(model: nn.Module, inputs: list[dict]) -> tuple[torch.Tensor, ...]:
+    """The graph's three inputs for CondInst input dicts (``image`` (3, h, w) uint8, optional
+    ``height``/``width``), on the model's device."""
+    images, sizes = pad_images([x["image"] for x in inputs], size_divisibility(model))
+    outputs = torch.tensor(
+        [[int(x.get("height", s[0])), int(x.get("width", s[1]))] for x, s in zip(inputs, sizes.tolist())]
+    )
+    return tuple(t.to(model.device) for t in (images, sizes, outputs))
 
 
 def _dynamic_shapes(model: nn.Module) -> dict:
-    div = model.backbone.size_divisibility or 1
+    div = size_divisibility(model)
     side = _MAX_SIDE // div
-    return {"images": {
-        0: Dim("batch", min=1, max=_MAX_BATCH),
-        2: div * Dim("height_blocks", min=1, max=side),
-        3: div * Dim("width_blocks", min=1, max=side),
-    }}
+    batch = Dim("batch", min=1, max=_MAX_BATCH)
+    return {
+        "images": {
+            0: batch,
+            2: div * Dim("height_blocks", min=1, max=side),
+            3: div * Dim("width_blocks", min=1, max=side),
+        },
+        "image_sizes": {0: batch},
+        "output_sizes": {0: batch},
+    }
 
 
-def export_program(model: nn.Module, images: torch.Tensor) -> ExportedProgram:
-    """Traces ``model.dense_outputs`` (eval mode) on ``images`` (N, 3, Hp, Wp), a normalised
-    padded sample batch (``CondInst.preprocess_image``), Hp and Wp multiples of the backbone's
-    size_divisibility. The batch and both sides stay dynamic.
+def export_program(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> ExportedProgram:
+    """Traces :class:`CondInstGraph` of ``model`` (eval mode) on ``inputs``, the graph's three
+    sample tensors (:func:`sample_inputs`). The batch and both padded sides stay dynamic (sides
+    multiples of the backbone's size_divisibility).
 
     ``backed_size_oblivious``: without it the tracer specialises the sample's sizes 1 (a batch
     of one, or a 1-wide level at stride 128) and the graph then refuses other sizes, and
@@ -68,34 +95,39 @@ def export_program(model: nn.Module, images: torch.Tensor) -> ExportedProgram:
         raise ValueError("export: put the model in eval mode first (its batch norms would train)")
     with fx_config.patch(backed_size_oblivious=True), torch.no_grad():
         return torch.export.export(
-            DenseCondInst(model), (images,), dynamic_shapes=_dynamic_shapes(model)
+            CondInstGraph(model), tuple(inputs), dynamic_shapes=_dynamic_shapes(model)
         )
 
 
-def export_onnx(model: nn.Module, images: torch.Tensor, path: str, cfg: CfgNode) -> str:
-    """Writes ``path`` (.onnx): the dense graph from :func:`export_program`, converted by
-    ``torch.onnx.export(..., dynamo=True)``, with ``cfg`` as metadata. Needs ``onnx`` and
-    ``onnxscript`` (``pip install condinst-percep[export]``)."""
+def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, cfg: CfgNode) -> str:
+    """Writes ``path`` (.onnx): the program of :func:`export_program`, converted by
+    ``torch.onnx.export(..., dynamo=True)`` with the NMS node translated to ONNX's
+    ``NonMaxSuppression`` (:mod:`.nms_op`), ``cfg`` and the padding multiple as metadata.
+    Needs ``onnx`` and ``onnxscript`` (``pip install condinst-percep[export]``)."""
     try:
         import onnxscript  # noqa: F401  the dynamo exporter's dependency, named up front
     except ImportError as e:
         raise ImportError(
             "ONNX export needs onnx and onnxscript: pip install 'condinst-percep[export]'"
         ) from e
-    program = export_program(model, images)
-    num_outputs = len(program.graph_signature.user_outputs)
+    program = export_program(model, inputs)
     onnx_program = torch.onnx.export(
-        program, (images,), dynamo=True, input_names=["images"],
-        output_names=[f"dense_{i}" for i in range(num_outputs)], verbose=False,
+        program, tuple(inputs), dynamo=True, input_names=list(INPUT_NAMES),
+        output_names=list(OUTPUT_NAMES), custom_translation_table=ONNX_TRANSLATIONS,
+        verbose=False,
     )
     onnx_program.model.metadata_props[CONFIG_KEY] = cfg.dump()
+    onnx_program.model.metadata_props[DIVISIBILITY_KEY] = str(size_divisibility(model))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     onnx_program.save(path)
     return path
 
 
-def save_program(program: ExportedProgram, path: str, cfg: CfgNode) -> str:
-    """Writes ``path`` (.pt2) with ``cfg`` as its extra file ``config.yaml``."""
+def save_program(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, cfg: CfgNode) -> str:
+    """Writes ``path`` (.pt2): the program of :func:`export_program` with ``cfg`` and the
+    padding multiple as its extra files."""
+    program = export_program(model, inputs)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.export.save(program, path, extra_files={CONFIG_FILE: cfg.dump()})
+    extra = {CONFIG_FILE: cfg.dump(), DIVISIBILITY_FILE: str(size_divisibility(model))}
+    torch.export.save(program, path, extra_files=extra)
     return path

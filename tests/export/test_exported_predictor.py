@@ -1,14 +1,14 @@
 """tools/export_model.py (ONNX and torch.export) and ExportedPredictor against the eager
-Predictor on images of several sizes (one whose coarsest levels are 1 wide), a batch, a batch of
-one and an image without detections: same detections, scores within 1e-5, boxes within 1e-3
-px, at most 1e-4 of the mask pixels different."""
-import os
-
+Predictor. The graph holds the whole inference (decoding, NMS, dynamic mask head, paste); on
+images of several sizes (one whose coarsest levels are 1 wide), a batch of several sizes, a
+batch of one and an image without detections: same number of detections, classes equal, scores
+within 1e-5, boxes within 1e-3 px, at most 1e-4 of the mask pixels different. The model's
+candidates overlap enough that NMS suppresses many, and the POST_NMS_TOPK_TEST cut is reached."""
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_cfg as _tiny_cfg
+from tests.conftest import load_tool, tiny_cfg as _tiny_cfg
 from tests.percep_helpers import STUDENT
 
 from condinst_percep import ExportedPredictor, Predictor
@@ -17,13 +17,15 @@ from condinst_percep.modeling import build_model
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZES = {"INPUT.MIN_SIZE_TEST": 136, "INPUT.MAX_SIZE_TEST": 200}
+# Small enough that both cuts are reached on the test images.
+PRE_NMS_TOPK, POST_NMS_TOPK = 10, 5
 
 
 def tiny_cfg(**overrides):
-    """The perceptual tests' student (3 classes, every detection kept, up to 20) at small sizes."""
-    return _tiny_cfg(**{**STUDENT, **overrides})
+    """The perceptual tests' student (3 classes) at small sizes, with small top-k cuts."""
+    return _tiny_cfg(**{**STUDENT, **SIZES, "MODEL.FCOS.PRE_NMS_TOPK_TEST": PRE_NMS_TOPK,
+                        "MODEL.FCOS.POST_NMS_TOPK_TEST": POST_NMS_TOPK, **overrides})
 
 
 def _images():
@@ -39,12 +41,35 @@ def _blank():
     return np.full((150, 150, 3), 110, np.uint8)
 
 
-def _max_class_score(model, predictor, image):
+def _dense(model, predictor, image):
     inputs = [predictor.model_input(0, image)]
     with torch.no_grad():
-        images, _ = model.preprocess_image(inputs)
-        dense = model.dense_outputs(images)
+        images, sizes = model.preprocess_image(inputs)
+        return model.dense_outputs(images), sizes
+
+
+def _max_class_score(model, predictor, image):
+    dense, _ = _dense(model, predictor, image)
     return max(float(t.sigmoid().max()) for t in dense[:-1:4])
+
+
+def _decoding_counts(model, predictor, image):
+    """The image's candidates per level, and its eager FCOS detections without the
+    POST_NMS_TOPK cut, with NMS and without (IoU > 1 never holds: nothing suppressed)."""
+    dense, sizes = _dense(model, predictor, image)
+    fo = model.proposal_generator.fcos_outputs
+    candidates = [int((t.sigmoid() > fo.pre_nms_thresh_test).sum()) for t in dense[:-1:4]]
+    saved = fo.nms_thresh, fo.post_nms_topk_test
+    counts = []
+    try:
+        fo.post_nms_topk_test = 10**6
+        for fo.nms_thresh in (saved[0], 1.0):
+            with torch.no_grad():
+                heads = (list(dense[k:-1:4]) for k in range(4))
+                counts.append(len(model.proposal_generator.predict(sizes, *heads)[0]))
+    finally:
+        fo.nms_thresh, fo.post_nms_topk_test = saved
+    return candidates, *counts
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +79,14 @@ def exported(tmp_path_factory):
     nothing in the blank image and something in the others)."""
     folder = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    cfg = tiny_cfg(**SIZES, **{"MODEL.FCOS.POST_NMS_TOPK_TEST": 30})
+    cfg = tiny_cfg()
     model = build_model(cfg).eval()
     torch.nn.init.normal_(model.controller.weight, std=0.05)
     torch.nn.init.normal_(model.proposal_generator.fcos_head.cls_logits.weight, std=0.3)
+    # Boxes 8 strides wide: neighbouring locations' boxes overlap (IoU ~0.8), NMS suppresses.
+    torch.nn.init.constant_(model.proposal_generator.fcos_head.bbox_pred.bias, 4.0)
     probe = Predictor(cfg)
+    probe.model.load_state_dict(model.state_dict())
     blank = _max_class_score(model, probe, _blank())
     others = min(_max_class_score(model, probe, im) for im in _images())
     assert blank < others
@@ -67,12 +95,7 @@ def exported(tmp_path_factory):
     torch.save({"model": model.state_dict()}, weights)
     config = folder / "config.yaml"
     config.write_text(cfg.dump())
-
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("export_model", os.path.join(REPO, "tools", "export_model.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("export_model")
     files = {
         fmt: tool.main(["--config-file", str(config), "--format", fmt, "--output", str(folder),
                         "MODEL.WEIGHTS", str(weights)])
@@ -89,8 +112,21 @@ def _assert_close(got, expected):
     torch.testing.assert_close(got.scores, expected.scores, rtol=0, atol=1e-5)
     torch.testing.assert_close(got.pred_boxes, expected.pred_boxes, rtol=0, atol=1e-3)
     assert got.pred_masks.shape == expected.pred_masks.shape
+    assert got.pred_masks.dtype == torch.bool
     if len(got):
         assert (got.pred_masks != expected.pred_masks).float().mean() <= 1e-4
+
+
+def test_the_images_exercise_the_cuts_and_nms(exported):
+    eager, _ = exported
+    for i, image in enumerate(_images()):
+        candidates, with_nms, without_nms = _decoding_counts(eager.model, eager, image)
+        assert without_nms > with_nms  # NMS suppresses
+        final = len(eager(image))
+        if i < 2:  # more candidates than PRE_NMS_TOPK on a level, more survivors than POST
+            assert max(candidates) > PRE_NMS_TOPK and with_nms > POST_NMS_TOPK == final
+        else:
+            assert 0 < final < POST_NMS_TOPK
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "export"])
@@ -98,13 +134,11 @@ def test_exported_equals_eager(exported, fmt):
     eager, files = exported
     predictor = ExportedPredictor(files[fmt])
     images = _images()
-    for i, image in enumerate(images):
-        expected = eager(image)
-        # (the narrow image's random-weight boxes are empty after clipping: none is left)
-        assert len(expected) > 0 or i == 2
-        _assert_close(predictor(image), expected)  # a batch of one
-    # one batch of several sizes, padded together
-    for got, expected in zip(predictor(images + [_blank()]), eager(images + [_blank()])):
+    for image in images:
+        _assert_close(predictor(image), eager(image))  # a batch of one
+    # one batch of several sizes, padded together, with an image without detections inside
+    batch = images + [_blank()]
+    for got, expected in zip(predictor(batch), eager(batch)):
         _assert_close(got, expected)
     # no detection: empty fields of the right shapes
     nothing = predictor(_blank())
