@@ -56,7 +56,11 @@ class CondInstGraph(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.fcos_outputs = model.proposal_generator.fcos_outputs
+
+    @property
+    def fcos_outputs(self) -> nn.Module:
+        """The thresholds and top-k sizes of the decoding (``FCOSOutputs``, no parameters)."""
+        return self.model.proposal_generator.fcos_outputs
 
     def forward(
         self, images: torch.Tensor, image_sizes: torch.Tensor, output_sizes: torch.Tensor
