@@ -149,23 +149,20 @@ def grow_to_boxes(
     """Moves each edge of the window (x0, y0, size = float32 [h, w]) that lies inside a box out
     to that box's edge, pass after pass, until none does. Ends: an edge only moves outwards, to
     one of finitely many box edges. The number types are AdelaiDet's (``size`` float32, summed
-    in place, then truncated; x0, y0 ints until they move), so the windows are the same to the
-    pixel."""
+    in place, then truncated; x0, y0 ints until they move), and so is the order (per box: left,
+    right, top, bottom), so the windows are the same to the pixel."""
+    start = [y0, x0]  # indexed like size: 0 = y, 1 = x
     moved = True
     while moved:
         moved = False
-        x1, y1 = x0 + size[1], y0 + size[0]
-        for bx0, by0, bx1, by1 in boxes:
-            if bx0 < x0 - eps and bx1 > x0 + eps:
-                size[1] += x0 - bx0
-                x0, moved = bx0, True
-            if bx0 < x1 - eps and bx1 > x1 + eps:
-                size[1] += bx1 - x1
-                x1, moved = bx1, True
-            if by0 < y0 - eps and by1 > y0 + eps:
-                size[0] += y0 - by0
-                y0, moved = by0, True
-            if by0 < y1 - eps and by1 > y1 + eps:
-                size[0] += by1 - y1
-                y1, moved = by1, True
-    return x0, y0, size
+        end = [start[0] + size[0], start[1] + size[1]]
+        for box in boxes:
+            for axis in (1, 0):
+                low, high = box[1 - axis], box[3 - axis]
+                if low < start[axis] - eps and high > start[axis] + eps:
+                    size[axis] += start[axis] - low
+                    start[axis], moved = low, True
+                if low < end[axis] - eps and high > end[axis] + eps:
+                    size[axis] += high - end[axis]
+                    end[axis], moved = high, True
+    return start[1], start[0], size
