@@ -134,13 +134,17 @@ class RandomCropWithInstance(Augmentation):
         centre_yx = np.array([(box[1] + box[3]) * 0.5, (box[0] + box[2]) * 0.5])
         size = np.array([ch, cw], dtype=np.int32)
         low = np.maximum(np.floor(centre_yx).astype(np.int32) - size, 0)
-        high = np.minimum(np.maximum(np.array([h, w], dtype=np.int32) - size, 0), np.ceil(centre_yx).astype(np.int32))
+        high = np.maximum(np.array([h, w], dtype=np.int32) - size, 0)
+        high = np.minimum(high, np.ceil(centre_yx).astype(np.int32))
         y0 = int(rng.integers(low[0], high[0] + 1))
         x0 = int(rng.integers(low[1], high[1] + 1))
         if self.crop_instance:
             return CropTransform(x0, y0, cw, ch)
         x0, y0, size = grow_to_boxes(x0, y0, size.astype(np.float32), boxes)
-        return CropTransform(int(x0), int(y0), int(size[1]), int(size[0]))
+        # Only boxes reaching outside the image (records that skipped load_coco_json's checks)
+        # can grow the window past it, where a negative x0 would make the slicing wrap around.
+        x0, y0 = max(int(x0), 0), max(int(y0), 0)
+        return CropTransform(x0, y0, min(int(size[1]), w - x0), min(int(size[0]), h - y0))
 
 
 def grow_to_boxes(
