@@ -181,6 +181,14 @@ def transform_instance_annotation(
         )
     segm = annotation["segmentation"]
     if isinstance(segm, list):
+        for k, polygon in enumerate(segm):
+            # load_coco_json drops such polygons; records from elsewhere may still hold them,
+            # which pycocotools would read as a box (4 numbers) and shapely refuse.
+            if len(polygon) < 6 or len(polygon) % 2:
+                raise BadDataError(
+                    f"Annotation {ann_id}: polygon {k} has {len(polygon)} coordinates; a polygon "
+                    "needs an even number of them, at least 6 (3 points)"
+                )
         polygons = transforms.apply_polygons(segm)
         mask = polygons_to_bitmask(polygons, h, w)
     else:

@@ -12,6 +12,7 @@ import torch
 
 from condinst_percep.data import BoxMode, DatasetMapper
 from condinst_percep.data.crop import CropTransform, RandomCropWithInstance
+from condinst_percep.data.validation import BadDataError
 
 H, W = 60, 80
 
@@ -384,3 +385,14 @@ def test_boxinst_crop_clips_record_boxes_and_reads_no_masks(tmp_path):
         assert inst.gt_boxes[0].tolist() == pytest.approx(expected.tolist())
     with pytest.raises(ValueError, match="needs use_masks"):
         DatasetMapper(True, [], use_masks=False, recompute_boxes=True)
+
+
+@pytest.mark.parametrize("polygon", [[1.0, 1.0, 9.0, 1.0], [1.0, 1.0, 9.0, 1.0, 9.0, 9.0, 1.0]])
+def test_degenerate_polygon_of_an_unchecked_record_is_refused_naming_it(tmp_path, polygon):
+    """load_coco_json drops such polygons; a record from elsewhere gets an error, crop or not."""
+    path, _ = _image(tmp_path)
+    record = {"file_name": path, "height": H, "width": W, "image_id": 9,
+              "annotations": [_ann(41, [[1.0, 1.0, 9.0, 1.0, 9.0, 9.0], polygon], [1, 1, 8, 8])]}
+    for augmentations in ([], [RandomCropWithInstance("relative", (0.5, 0.5))]):
+        with pytest.raises(BadDataError, match=rf"Annotation 41: polygon 1 has {len(polygon)} coordinates"):
+            DatasetMapper(True, augmentations)(record, np.random.default_rng(0))
