@@ -43,8 +43,8 @@ class CropTransform(Transform):
         return self.apply_image(mask)
 
     def apply_polygons(self, polygons: Sequence[np.ndarray]) -> list[np.ndarray]:
-        # buffer(0) repairs self-intersecting rings; the window gets it too because the
-        # vertex order of an intersection follows its operands', and fvcore does both.
+        # buffer(0) repairs self-intersecting rings (and turns the window's ring clockwise);
+        # both as fvcore does, so GEOS gets the same operands and gives the same vertices.
         window = shapely.box(self.x0, self.y0, self.x0 + self.w, self.y0 + self.h).buffer(0.0)
         clipped = []
         for flat in polygons:

@@ -158,4 +158,3 @@ class DatasetMapper:
             annos = [a for a in annos if is_nonempty(a)]
             out["instances"] = annotations_to_instances(annos, image_size, self.use_masks)
         return out
-
