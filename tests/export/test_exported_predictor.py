@@ -153,3 +153,20 @@ def test_exported_files_are_checked(tmp_path, exported):
     other.write_bytes(b"x")
     with pytest.raises(ValueError, match="neither .onnx nor .pt2"):
         ExportedPredictor(str(other))
+
+
+def test_files_without_the_stored_config_are_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(ValueError, match="plain.onnx.*has no metadata 'condinst_percep.config'"):
+        ExportedPredictor(str(path))
+    program = torch.export.export(torch.nn.ReLU(), (torch.zeros(1),))
+    torch.export.save(program, str(tmp_path / "plain.pt2"))
+    with pytest.raises(ValueError, match="plain.pt2.*has no extra files 'config.yaml'"):
+        ExportedPredictor(str(tmp_path / "plain.pt2"))

@@ -240,8 +240,8 @@ class CondInst(nn.Module):
     def dense_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The part of inference whose shapes are known from the input's: backbone, FPN, FCOS
         head with the controller, mask branch. ``images`` (N, 3, Hp, Wp) float32, normalised
-        and padded (:meth:`preprocess_image`). Returns a flat tuple (what an exported graph
-        returns): per level ``l`` of ``L`` the class logits (N, C, H_l, W_l), box regression
+        and padded (:meth:`preprocess_image`). Returns a flat tuple (the start of the exported
+        graph, ``export.CondInstGraph``): per level ``l`` of ``L`` the class logits (N, C, H_l, W_l), box regression
         (N, 4, H_l, W_l), centerness (N, 1, H_l, W_l), controller outputs (N, G, H_l, W_l),
         all level by level in that order (``4 L`` tensors), then ``mask_feats`` (N, M, Hp/8,
         Wp/8). :meth:`decode` takes it."""
@@ -258,8 +258,8 @@ class CondInst(nn.Module):
         image_sizes: list[tuple[int, int]],
         padded_size: tuple[int, int],
     ) -> list[dict]:
-        """Inference from :meth:`dense_outputs` (eager or an exported graph's): FCOS decoding
-        and NMS per image, the dynamic mask head on the detections, masks pasted at each
+        """Eager inference from :meth:`dense_outputs` (the exported graph's batched version:
+        ``export.CondInstGraph``, tested equal): FCOS decoding and NMS per image, the dynamic mask head on the detections, masks pasted at each
         input's ``height`` x ``width``. Returns ``[{"instances": Instances}]``."""
         *per_level, mask_feats = dense
         logits, reg, ctrness, top_feats = (list(per_level[k::4]) for k in range(4))
