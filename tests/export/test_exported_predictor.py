@@ -4,6 +4,10 @@ images of several sizes (one whose coarsest levels are 1 wide), a batch of sever
 batch of one and an image without detections: same number of detections, classes equal, scores
 within 1e-5, boxes within 1e-3 px, at most 1e-4 of the mask pixels different. The model's
 candidates overlap enough that NMS suppresses many, and the POST_NMS_TOPK_TEST cut is reached."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -170,3 +174,24 @@ def test_files_without_the_stored_config_are_refused(tmp_path):
     torch.export.save(program, str(tmp_path / "plain.pt2"))
     with pytest.raises(ValueError, match="plain.pt2.*has no extra files 'config.yaml'"):
         ExportedPredictor(str(tmp_path / "plain.pt2"))
+
+
+def test_onnx_file_holds_standard_ops_and_nms(exported):
+    # Any ONNX runtime can run it: no custom domain, NMS as the standard op.
+    import onnx
+
+    model = onnx.load(exported[1]["onnx"])
+    assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"} and not model.functions
+    assert "NonMaxSuppression" in {node.op_type for node in model.graph.node}
+
+
+def test_program_loads_in_a_fresh_process(exported):
+    # The .pt2 holds the custom NMS op: ExportedPredictor's import registers it.
+    eager, files = exported
+    code = ("import sys, numpy as np; from condinst_percep import ExportedPredictor; "
+            "image = np.load(sys.argv[2]); print(len(ExportedPredictor(sys.argv[1])(image)))")
+    image_file = os.path.join(os.path.dirname(files["export"]), "image.npy")
+    np.save(image_file, _images()[0])
+    out = subprocess.run([sys.executable, "-c", code, files["export"], image_file],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert int(out.stdout.split()[-1]) == len(eager(_images()[0])) > 0
