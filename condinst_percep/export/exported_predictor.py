@@ -14,7 +14,8 @@ from ..engine.predictor import BasePredictor
 from ..modeling.condinst.inference import paste_masks
 from ..structures import Instances
 from .graph import (
-    CONFIG_FILE, CONFIG_KEY, DIVISIBILITY_FILE, DIVISIBILITY_KEY, INPUT_NAMES, pad_images,
+    CONFIG_FILE, CONFIG_KEY, DIVISIBILITY_FILE, DIVISIBILITY_KEY, INPUT_NAMES, MAX_BATCH, MAX_SIDE,
+    pad_images,
 )
 
 __all__ = ["ExportedPredictor"]
@@ -83,7 +84,14 @@ class ExportedPredictor(BasePredictor):
         return tuple(torch.from_numpy(o) for o in self.session.run(None, feeds))
 
     def run(self, inputs: list[dict]) -> list[Instances]:
+        if len(inputs) > MAX_BATCH:
+            raise ValueError(f"ExportedPredictor: {len(inputs)} images in one call; the exported "
+                             f"graph takes at most {MAX_BATCH} (split the list)")
         images, image_sizes = pad_images([x["image"] for x in inputs], self.divisibility)
+        if max(images.shape[-2:]) > MAX_SIDE:
+            raise ValueError(f"ExportedPredictor: images resized and padded to "
+                             f"{tuple(images.shape[-2:])}; the exported graph takes sides up to "
+                             f"{MAX_SIDE} (INPUT.MAX_SIZE_TEST)")
         output_sizes = torch.tensor([[x["height"], x["width"]] for x in inputs])
         graph_inputs = (t.to(self.device) for t in (images, image_sizes, output_sizes))
         boxes, scores, classes, batch_index, masks = self.graph(*graph_inputs)

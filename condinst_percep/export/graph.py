@@ -36,8 +36,8 @@ DIVISIBILITY_KEY = "condinst_percep.size_divisibility"
 DIVISIBILITY_FILE = "size_divisibility.txt"
 INPUT_NAMES = ("images", "image_sizes", "output_sizes")
 # Largest batch and padded side the graph's dynamic dimensions admit.
-_MAX_BATCH = 64
-_MAX_SIDE = 4096
+MAX_BATCH = 64
+MAX_SIDE = 4096
 
 
 def size_divisibility(model: nn.Module) -> int:
@@ -68,8 +68,8 @@ def sample_inputs(model: nn.Module, inputs: list[dict]) -> tuple[torch.Tensor, .
 
 def _dynamic_shapes(model: nn.Module) -> dict:
     div = size_divisibility(model)
-    side = _MAX_SIDE // div
-    batch = Dim("batch", min=1, max=_MAX_BATCH)
+    side = MAX_SIDE // div
+    batch = Dim("batch", min=1, max=MAX_BATCH)
     return {
         "images": {
             0: batch,

@@ -157,6 +157,9 @@ def test_exported_files_are_checked(tmp_path, exported):
     other.write_bytes(b"x")
     with pytest.raises(ValueError, match="neither .onnx nor .pt2"):
         ExportedPredictor(str(other))
+    predictor = ExportedPredictor(exported[1]["onnx"])
+    with pytest.raises(ValueError, match="65 images in one call; the exported graph takes at most 64"):
+        predictor([_blank()] * 65)
 
 
 def test_files_without_the_stored_config_are_refused(tmp_path):
