@@ -1,4 +1,4 @@
-"""Bad checkpoints and bad configs through train_net.py (issue 6): every one is refused before
+"""Bad checkpoints and bad configs through train_net.py: every one is refused before
 the first iteration with an error naming the file, or the key and its value."""
 
 import logging
