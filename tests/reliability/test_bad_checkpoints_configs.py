@@ -163,6 +163,9 @@ BAD_VALUES = [
     ({"MODEL.PERCEP.ENABLED": True, "MODEL.CONDINST.MASK_HEAD.NAME": "PercepMaskHead",
       "MODEL.PERCEP.TARGET": "gt", "MODEL.PERCEP.STRUCTURE": "()", "MODEL.PERCEP.WIDTHS": "()"},
      "MODEL.PERCEP.STRUCTURE = (): needs at least one block"),
+    ({"MODEL.BOXINST.ENABLED": True, "MODEL.PERCEP.ENABLED": True,
+      "MODEL.CONDINST.MASK_HEAD.NAME": "PercepMaskHead", "MODEL.PERCEP.TARGET": "gt"},
+     "MODEL.PERCEP.TARGET = 'gt': BoxInst (MODEL.BOXINST.ENABLED) has no ground-truth masks"),
 ]
 
 
