@@ -3,7 +3,8 @@
 against a frozen BoxInst teacher loaded from a checkpoint file, no mask target anywhere. Held
 against our own CondInst BoxInst with ``PercepMaskHead`` and the same teacher (same weights,
 same batch: every loss within 1e-5, every gradient within 1e-4 relative), trained by
-detectron2's DefaultTrainer, and ``MODEL.PERCEP.TARGET 'gt'`` refused with the reason."""
+detectron2's DefaultTrainer, zero losses on the graph without instances, and
+``MODEL.PERCEP.TARGET 'gt'`` refused with the reason."""
 
 import os
 
@@ -69,6 +70,28 @@ def test_boxinst_with_gt_targets_is_refused_with_the_reason():
         r"ground-truth masks",
     ):
         build_model(cfg)
+
+
+def test_no_sampled_instance_gives_zero_losses_still_connected(tmp_path):
+    """No positive location in the batch: AdelaiDet's zero BoxInst losses, and loss_percep a
+    zero on the same graph (the teacher does not run)."""
+    from detectron2.structures import Boxes, Instances
+
+    from condinst_percep.d2.adelaidet import PercepDynamicMaskHead
+
+    head = PercepDynamicMaskHead(adelaidet_config(BOXINST, *PERCEP, *boxinst_teacher(tmp_path)))
+    head.train()
+    mask_feats = torch.randn(1, 16, 8, 8, requires_grad=True)
+    params = torch.randn(0, head.num_gen_params, requires_grad=True)
+    none = Instances((64, 64), gt_inds=torch.zeros(0, dtype=torch.int64), mask_head_params=params)
+    gt = Instances((64, 64), gt_bitmasks=torch.zeros(1, 16, 16),
+                   gt_boxes=Boxes(torch.tensor([[0.0, 0.0, 8.0, 8.0]])))
+    losses = head(mask_feats, 8, none, [gt])
+    assert sorted(losses) == ["loss_pairwise", "loss_percep", "loss_prj"]
+    for name, value in losses.items():
+        assert float(value) == 0.0 and value.requires_grad, name
+    torch.autograd.backward(list(losses.values()))
+    assert mask_feats.grad is not None and params.grad is not None
 
 
 def test_default_trainer_trains_it_with_the_teacher_frozen(tmp_path):
