@@ -20,11 +20,13 @@ pytest.importorskip("detectron2", reason=SKIP_REASON)
 adet = pytest.importorskip("adet", reason=ADELAIDET_SKIP_REASON)
 
 import condinst_percep.d2  # noqa: E402,F401  registers CondInstPercep
-import condinst_percep.d2.adelaidet  # noqa: E402,F401  registers CondInstPercepAdelaiDet
 from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from condinst_percep.config import UnsupportedConfigError  # noqa: E402
+# Importing the AdelaiDet layer registers CondInstPercepAdelaiDet.
+from condinst_percep.d2.adelaidet import PercepDynamicMaskHead  # noqa: E402
 
 from .test_adelaidet_parity import PERCEP, assert_same_training, build_pair  # noqa: E402
 from .test_adelaidet_parity import shared_weights, write_teacher  # noqa: E402
@@ -75,10 +77,6 @@ def test_boxinst_with_gt_targets_is_refused_with_the_reason():
 def test_no_sampled_instance_gives_zero_losses_still_connected(tmp_path):
     """No positive location in the batch: AdelaiDet's zero BoxInst losses, and loss_percep a
     zero on the same graph (the teacher does not run)."""
-    from detectron2.structures import Boxes, Instances
-
-    from condinst_percep.d2.adelaidet import PercepDynamicMaskHead
-
     head = PercepDynamicMaskHead(adelaidet_config(BOXINST, *PERCEP, *boxinst_teacher(tmp_path)))
     head.train()
     mask_feats = torch.randn(1, 16, 8, 8, requires_grad=True)
