@@ -14,6 +14,7 @@ setup(
         "pycocotools",
         "opencv-python-headless",
         "scikit-image",
+        "shapely",
         "numpy",
         "pyyaml",
         "tabulate",

@@ -5,7 +5,8 @@
    (after one warm-up batch), for each ``--workers`` value, the short side drawn from
    ``--train-sizes`` as in the quickstart.
 3. The mapper alone on a COCO-like 640x480 JPEG with 15 polygon objects, resized to 800 short
-   side and flipped: ms per image (median of ``--repeats``).
+   side and flipped: ms per image (median of ``--repeats``), without and with ``INPUT.CROP``
+   (AdelaiDet's instance-aware crop: polygons clipped, boxes recomputed).
 
     python benchmarks/bench_data.py --workers 0 2
 """
@@ -53,7 +54,8 @@ def bench_loader(json_file: str, workers: int, batch: int, batches: int, sizes: 
     return batches * batch / (time.perf_counter() - start)
 
 
-def bench_coco_mapper(folder: str, repeats: int) -> float:
+def coco_like_record(folder: str) -> dict:
+    """A 640x480 JPEG with 15 polygon objects (24-vertex stars), as a dataset dict."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
     path = os.path.join(folder, "coco_like.jpg")
@@ -66,16 +68,34 @@ def bench_coco_mapper(folder: str, repeats: int) -> float:
         annotations.append({"id": k, "bbox": [cx - r, cy - r, 2 * r, 2 * r], "iscrowd": 0,
                             "bbox_mode": BoxMode.XYWH_ABS, "category_id": k % 80,
                             "segmentation": [poly]})
-    record = {"file_name": path, "height": 480, "width": 640, "image_id": 1,
-              "annotations": annotations}
-    cfg = get_cfg()
-    mapper = DatasetMapper.build(cfg, is_train=True)
-    times = []
+    return {"file_name": path, "height": 480, "width": 640, "image_id": 1,
+            "annotations": annotations}
+
+
+# Rows of the mapper benchmark: INPUT.CROP overrides (AdelaiDet's defaults: relative_range 0.9).
+MAPPER_CROPS = {
+    "": {},
+    ", INPUT.CROP relative_range 0.9, CROP_INSTANCE True": {"ENABLED": True},
+    ", INPUT.CROP relative_range 0.9, CROP_INSTANCE False": {"ENABLED": True, "CROP_INSTANCE": False},
+}
+
+
+def bench_coco_mapper(record: dict, repeats: int) -> dict[str, float]:
+    """Median ms per image of the default training mapper (800 short side, flip) for each of
+    MAPPER_CROPS, the settings interleaved so that they share the machine's load alike."""
+    mappers = {}
+    for label, crop in MAPPER_CROPS.items():
+        cfg = get_cfg()
+        for key, value in crop.items():
+            cfg.INPUT.CROP[key] = value
+        mappers[label] = DatasetMapper.build(cfg, is_train=True)
+    times: dict[str, list[float]] = {label: [] for label in mappers}
     for i in range(repeats):
-        start = time.perf_counter()
-        mapper(record, rng=np.random.default_rng(i))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for label, mapper in mappers.items():
+            start = time.perf_counter()
+            mapper(record, rng=np.random.default_rng(i))
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) * 1000 for label, t in times.items()}
 
 
 def main() -> None:
@@ -95,8 +115,8 @@ def main() -> None:
         for workers in args.workers:
             ips = bench_loader(json_file, workers, args.batch, args.batches, args.train_sizes)
             print(f"train loader, shapes, NUM_WORKERS={workers}: {ips:.0f} images/s")
-        ms = bench_coco_mapper(folder, args.repeats)
-        print(f"mapper, 640x480 JPEG, 15 polygons -> 800 short side + flip: {ms:.1f} ms/image")
+        for label, ms in bench_coco_mapper(coco_like_record(folder), args.repeats).items():
+            print(f"mapper, 640x480 JPEG, 15 polygons -> 800 short side + flip{label}: {ms:.1f} ms/image")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 from ..config.validate import Report, check_choice
+from .crop import CROP_TYPES, RandomCropWithInstance, crop_size_problem
 from .detection_utils import (
     SUPPORTED_IMAGE_FORMATS,
+    annotation_box,
     annotations_to_instances,
     check_image_size,
     is_nonempty,
@@ -38,7 +40,9 @@ def check_input_cfg(cfg, bad: Report) -> None:
     check_choice(cfg, bad, "INPUT.MASK_FORMAT", MASK_FORMATS)
     check_choice(cfg, bad, "INPUT.MIN_SIZE_TRAIN_SAMPLING", SAMPLE_STYLES)
     check_choice(cfg, bad, "INPUT.RANDOM_FLIP", RANDOM_FLIPS)
-    check_choice(cfg, bad, "INPUT.CROP.ENABLED", (False,), "random crop is not implemented")
+    check_choice(cfg, bad, "INPUT.CROP.TYPE", CROP_TYPES)
+    if i.CROP.TYPE in CROP_TYPES and (problem := crop_size_problem(i.CROP.TYPE, i.CROP.SIZE)):
+        bad("INPUT.CROP.SIZE", problem)
     if i.IS_ROTATE:
         bad("INPUT.IS_ROTATE", "rotation augmentation is not implemented")
     sizes = list(i.MIN_SIZE_TRAIN)
@@ -52,7 +56,8 @@ def check_input_cfg(cfg, bad: Report) -> None:
 
 
 def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
-    """AdelaiDet's list: ``ResizeShortestEdge`` then, in training, a random flip.
+    """AdelaiDet's list: in training with ``INPUT.CROP.ENABLED`` its instance-aware crop first,
+    then ``ResizeShortestEdge``, then, in training, a random flip.
 
     The flip is on when ``INPUT.HFLIP_TRAIN`` (AdelaiDet) is true and ``INPUT.RANDOM_FLIP``
     (detectron2) is not ``"none"``; ``RANDOM_FLIP`` chooses horizontal or vertical. The keys are
@@ -64,6 +69,9 @@ def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
     else:
         min_size, max_size, sample_style = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice"
     augmentations: list[Augmentation] = [ResizeShortestEdge(min_size, max_size, sample_style)]
+    if is_train and cfg.INPUT.CROP.ENABLED:
+        crop = cfg.INPUT.CROP
+        augmentations.insert(0, RandomCropWithInstance(crop.TYPE, crop.SIZE, crop.CROP_INSTANCE))
     if is_train:
         random_flip = cfg.INPUT.RANDOM_FLIP
         if cfg.INPUT.HFLIP_TRAIN and random_flip != "none":
@@ -77,9 +85,12 @@ class DatasetMapper:
     Output: ``{"image": uint8 (3, H, W) in image_format, "height", "width": original size,
     "file_name", "image_id", "instances": Instances((H, W), gt_boxes float32 (N, 4) XYXY,
     gt_classes int64 (N,), gt_masks bool (N, H, W))}``; ``instances`` only when training.
-    Crowd annotations are dropped and empty instances filtered, as AdelaiDet does.
+    Crowd annotations are dropped and empty instances filtered, as AdelaiDet does (the
+    augmentations see every annotation's box, crowd ones too, as AdelaiDet's crop does).
     ``use_masks=False`` (BoxInst, ``MODEL.BOXINST.ENABLED``) ignores segmentations, as
     AdelaiDet's mapper does: annotations need only a box, and ``instances`` has no gt_masks.
+    ``recompute_boxes`` takes the boxes from the masks, by ``mask_format``'s rule (see
+    :func:`transform_instance_annotation`); detectron2 does it in training with the crop on.
     """
 
     def __init__(
@@ -88,19 +99,28 @@ class DatasetMapper:
         augmentations: Sequence[Augmentation],
         image_format: str = "BGR",
         use_masks: bool = True,
+        recompute_boxes: bool = False,
+        mask_format: str = "polygon",
     ) -> None:
+        if recompute_boxes and not use_masks:
+            raise ValueError("recompute_boxes takes the boxes from the masks: it needs use_masks")
         self.is_train = is_train
         self.augmentations = list(augmentations)
         self.image_format = image_format
         self.use_masks = use_masks
+        self.recompute_boxes = recompute_boxes
+        self.mask_format = mask_format
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:
+        use_masks = not cfg.MODEL.BOXINST.ENABLED
         return {
             "is_train": is_train,
             "augmentations": build_augmentation(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
-            "use_masks": not cfg.MODEL.BOXINST.ENABLED,
+            "use_masks": use_masks,
+            "recompute_boxes": is_train and cfg.INPUT.CROP.ENABLED and use_masks,
+            "mask_format": cfg.INPUT.MASK_FORMAT,
         }
 
     @classmethod
@@ -115,7 +135,9 @@ class DatasetMapper:
         image = read_image(record["file_name"], self.image_format)
         check_image_size(record, image)
         record_size = image.shape[:2]
-        image, transforms = apply_augmentations(self.augmentations, image, rng)
+        annotations = record.get("annotations", []) if self.is_train else []
+        boxes = np.array([annotation_box(a) for a in annotations]).reshape(-1, 4)
+        image, transforms = apply_augmentations(self.augmentations, image, rng, boxes)
         image_size = image.shape[:2]
         out = {
             "file_name": record["file_name"],
@@ -127,9 +149,10 @@ class DatasetMapper:
         if self.is_train and "annotations" in record:
             annos = [
                 transform_instance_annotation(
-                    obj, transforms, image_size, record_size, with_mask=self.use_masks
+                    obj, transforms, image_size, record_size, self.use_masks,
+                    self.recompute_boxes, self.mask_format,
                 )
-                for obj in record["annotations"]
+                for obj in annotations
                 if obj.get("iscrowd", 0) == 0
             ]
             annos = [a for a in annos if is_nonempty(a)]

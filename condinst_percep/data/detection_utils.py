@@ -29,7 +29,10 @@ class BoxMode(IntEnum):
 def box_to_xyxy(bbox: Any, mode: int) -> np.ndarray:
     box = np.asarray(bbox, dtype=np.float64).reshape(4)
     if mode == BoxMode.XYWH_ABS:
-        return np.array([box[0], box[1], box[0] + box[2], box[1] + box[3]])
+        # Summed in float32 as detectron2's BoxMode.convert sums a record's list (torch's
+        # default dtype): boxes, and the crop windows placed on their centres, are AdelaiDet's.
+        x, y, w, h = box.astype(np.float32)
+        return np.array([x, y, x + w, y + h], dtype=np.float64)
     if mode == BoxMode.XYXY_ABS:
         return box
     raise ValueError(f"Unsupported bbox_mode {mode!r}; expected BoxMode.XYXY_ABS or XYWH_ABS")
@@ -120,25 +123,53 @@ def segmentation_to_bitmask(segm: Any, height: int, width: int, ann_id: Any = No
     )
 
 
+def annotation_box(annotation: dict) -> np.ndarray:
+    """The annotation's ``bbox`` as XYXY float64 (4,); a missing one is a BadDataError."""
+    if "bbox" not in annotation:
+        raise BadDataError(f"Annotation {annotation.get('id')} has no 'bbox'")
+    return box_to_xyxy(annotation["bbox"], annotation.get("bbox_mode", BoxMode.XYWH_ABS))
+
+
+def polygons_box(polygons: list[np.ndarray]) -> np.ndarray:
+    """The XYXY bounds of the polygons' vertices (``PolygonMasks.get_bounding_boxes``); zeros
+    for no polygon."""
+    if not polygons:
+        return np.zeros(4)
+    xy = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polygons])
+    return np.concatenate([xy.min(axis=0), xy.max(axis=0)])
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """The tight XYXY box of a bool (H, W) mask's pixels (``BitMasks.get_bounding_boxes``);
+    zeros for an empty mask."""
+    xs, ys = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+    if len(xs) == 0:
+        return np.zeros(4)
+    return np.array([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=np.float64)
+
+
 def transform_instance_annotation(
     annotation: dict,
     transforms: Transform,
     image_size: tuple[int, int],
     record_size: tuple[int, int],
     with_mask: bool = True,
+    recompute_box: bool = False,
+    mask_format: str = "polygon",
 ) -> dict:
     """Moves one annotation into the augmented image: XYXY box (clipped) and a bool mask.
 
     ``image_size`` is the augmented (H, W), ``record_size`` the original one. Polygons are
-    transformed as coordinates and rasterised at the augmented size; RLE is decoded at the
-    original size, then resized (nearest) and flipped like the image. ``with_mask=False``
-    (BoxInst) reads no segmentation, so box-only annotations pass, and returns no ``mask``.
+    transformed by ``transforms.apply_polygons`` (a crop clips them) and rasterised at the
+    augmented size; RLE is decoded at the original size, then cropped, resized (nearest) and
+    flipped like the image. ``with_mask=False`` (BoxInst) reads no segmentation, so box-only
+    annotations pass, and returns no ``mask``. After a crop the record's box no longer bounds
+    the object: ``recompute_box`` (detectron2's ``recompute_boxes``, on with ``INPUT.CROP``)
+    takes it from the transformed polygons' vertices when ``mask_format`` is "polygon", as
+    detectron2's ``PolygonMasks``, and from the mask's pixels otherwise or for RLE.
     """
     ann_id = annotation.get("id")
-    if "bbox" not in annotation:
-        raise BadDataError(f"Annotation {ann_id} has no 'bbox'")
-    box = box_to_xyxy(annotation["bbox"], annotation.get("bbox_mode", BoxMode.XYWH_ABS))
-    box = transforms.apply_box(box[None])[0].clip(min=0)
+    box = transforms.apply_box(annotation_box(annotation)[None])[0].clip(min=0)
     h, w = image_size
     box = np.minimum(box, [w, h, w, h])
     if not with_mask:
@@ -150,10 +181,22 @@ def transform_instance_annotation(
         )
     segm = annotation["segmentation"]
     if isinstance(segm, list):
-        mask = polygons_to_bitmask(transforms.apply_polygons(segm), h, w)
+        for k, polygon in enumerate(segm):
+            # load_coco_json drops such polygons; records from elsewhere may still hold them,
+            # which pycocotools would read as a box (4 numbers) and shapely refuse.
+            if len(polygon) < 6 or len(polygon) % 2:
+                raise BadDataError(
+                    f"Annotation {ann_id}: polygon {k} has {len(polygon)} coordinates; a polygon "
+                    "needs an even number of them, at least 6 (3 points)"
+                )
+        polygons = transforms.apply_polygons(segm)
+        mask = polygons_to_bitmask(polygons, h, w)
     else:
+        polygons = None
         mask = segmentation_to_bitmask(segm, *record_size, ann_id=ann_id)
         mask = transforms.apply_segmentation(mask.astype(np.uint8)).astype(bool)
+    if recompute_box:
+        box = polygons_box(polygons) if polygons is not None and mask_format == "polygon" else mask_box(mask)
     return {"bbox": box, "category_id": int(annotation["category_id"]), "mask": mask}
 
 

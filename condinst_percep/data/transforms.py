@@ -128,11 +128,25 @@ class TransformList(Transform):
             mask = t.apply_segmentation(mask)
         return mask
 
+    def apply_polygons(self, polygons: Sequence[np.ndarray]) -> list[np.ndarray]:
+        # Each transform's own rule: a crop clips polygons, which coordinates alone cannot.
+        polygons = list(polygons)
+        for t in self.transforms:
+            polygons = t.apply_polygons(polygons)
+        return polygons
+
 
 class Augmentation:
-    """Draws a :class:`Transform` for an image of size (h, w)."""
+    """Draws a :class:`Transform` for an image of size (h, w).
 
-    def get_transform(self, h: int, w: int, rng: np.random.Generator) -> Transform:
+    ``boxes`` are the image's annotation boxes, float64 (N, 4) XYXY in that image's
+    coordinates, for augmentations that place themselves by the instances (the crop); the
+    others ignore them.
+    """
+
+    def get_transform(
+        self, h: int, w: int, rng: np.random.Generator, boxes: np.ndarray | None = None
+    ) -> Transform:
         raise NotImplementedError
 
 
@@ -168,7 +182,9 @@ class ResizeShortestEdge(Augmentation):
         self.max_size = int(max_size)
         self.sample_style = sample_style
 
-    def get_transform(self, h: int, w: int, rng: np.random.Generator) -> Transform:
+    def get_transform(
+        self, h: int, w: int, rng: np.random.Generator, boxes: np.ndarray | None = None
+    ) -> Transform:
         if self.sample_style == "range":
             size = int(rng.integers(self.short_edge_length[0], self.short_edge_length[1] + 1))
         else:
@@ -200,19 +216,30 @@ class RandomFlip(Augmentation):
             raise ValueError(f"RandomFlip probability must be in [0, 1], got {prob}")
         self.prob, self.horizontal = prob, horizontal
 
-    def get_transform(self, h: int, w: int, rng: np.random.Generator) -> Transform:
+    def get_transform(
+        self, h: int, w: int, rng: np.random.Generator, boxes: np.ndarray | None = None
+    ) -> Transform:
         if rng.random() < self.prob:
             return FlipTransform(h, w, self.horizontal)
         return NoOpTransform()
 
 
 def apply_augmentations(
-    augmentations: Sequence[Augmentation], image: np.ndarray, rng: np.random.Generator
+    augmentations: Sequence[Augmentation],
+    image: np.ndarray,
+    rng: np.random.Generator,
+    boxes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, TransformList]:
-    """Samples each augmentation on the image it will see and applies it; returns both."""
+    """Samples each augmentation on the image it will see and applies it; returns both.
+
+    ``boxes`` (N, 4) XYXY in ``image`` are moved through each transform, so every augmentation
+    sees them in its own input image (detectron2's ``AugInput``).
+    """
+    boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     transforms = []
     for aug in augmentations:
-        t = aug.get_transform(image.shape[0], image.shape[1], rng)
+        t = aug.get_transform(image.shape[0], image.shape[1], rng, boxes)
         image = t.apply_image(image)
+        boxes = t.apply_box(boxes)
         transforms.append(t)
     return image, TransformList(transforms)
