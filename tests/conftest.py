@@ -20,18 +20,30 @@ def _seed_everything():
     yield
 
 
+# The loggers ``setup_logger`` configures (train_net's main sets up both): it replaces their
+# handlers and turns off propagation, which hides their records from ``caplog``.
+_SETUP_LOGGERS = ("condinst_percep", "fvcore")
+
+
+@pytest.fixture(scope="session")
+def _pristine_loggers():
+    """The loggers' state before any test or fixture ran. Taken per session, not per test: a
+    module-scoped fixture that runs main (tests/tools/test_train_net.py's ``trained``) is set up
+    before a test's own fixtures, so a per-test snapshot would already hold its changes."""
+    return [(lg, lg.propagate, lg.level, list(lg.handlers))
+            for lg in map(logging.getLogger, _SETUP_LOGGERS)]
+
+
 @pytest.fixture(autouse=True)
-def _restore_package_logger():
-    """``setup_logger`` (run by train_net's main) replaces the package logger's handlers and
-    turns off propagation; restore them so a later test's ``caplog`` still sees its records,
-    whatever the order the tests run in."""
-    logger = logging.getLogger("condinst_percep")
-    saved = (logger.propagate, logger.level, list(logger.handlers))
+def _restore_package_logger(_pristine_loggers):
+    """After each test, the loggers as they were before the session, so a later test's
+    ``caplog`` sees its records whatever ran before it."""
     yield
-    for handler in logger.handlers:
-        if handler not in saved[2]:
-            handler.close()
-    logger.propagate, logger.level, logger.handlers[:] = saved[0], saved[1], saved[2]
+    for logger, propagate, level, handlers in _pristine_loggers:
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.propagate, logger.level, logger.handlers[:] = propagate, level, handlers
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,7 +34,10 @@ from .registry import register_meta_arch
 
 class PercepDynamicMaskHead(AdelaiDetMaskHead):
     """AdelaiDet's ``DynamicMaskHead`` plus ``loss_percep`` in training, computed by our
-    :meth:`PercepMaskHead.perceptual_loss` on the very mask logits AdelaiDet's dice loss saw.
+    :meth:`PercepMaskHead.perceptual_loss` on the very mask logits AdelaiDet's mask losses saw:
+    CondInst's dice loss, or with ``MODEL.BOXINST.ENABLED`` BoxInst's projection and pairwise
+    losses (then against a teacher only: BoxInst has no mask targets, and its ``gt_bitmasks``
+    are the boxes).
 
     The :class:`PercepMaskHead` (its loss network, its teacher) is a plain attribute, not a
     submodule: the state_dict, parameters and buffers are AdelaiDet's head's; :meth:`_apply`
@@ -44,18 +47,14 @@ class PercepDynamicMaskHead(AdelaiDetMaskHead):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        if cfg.MODEL.BOXINST.ENABLED:
-            raise ValueError(
-                "MODEL.BOXINST.ENABLED: the perceptual mask head compares masks with mask "
-                "targets; BoxInst has none"
-            )
         ours = condinst_cfg(cfg)
         if not ours.MODEL.PERCEP.ENABLED:
             raise ValueError(
                 f"MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} adds loss_percep, "
                 "but MODEL.PERCEP.ENABLED is False (use AdelaiDet's 'CondInst' for the plain model)"
             )
-        # Our head's own checks of MODEL.PERCEP.* and MODEL.TEACHER.*, every problem at once.
+        # Our head's own checks of MODEL.PERCEP.* and MODEL.TEACHER.*, every problem at once
+        # (with BoxInst, TARGET 'gt' is refused: BoxInst has no mask targets).
         collect_problems(ours, [PercepMaskHead.check_cfg])
         teacher = build_teacher(ours, CondInst) if wants_teacher(ours) else None
         self.__dict__["percep"] = PercepMaskHead(**PercepMaskHead.from_config(ours, teacher=teacher))
@@ -78,8 +77,8 @@ class PercepDynamicMaskHead(AdelaiDetMaskHead):
         if not self.training:
             return out
         logits, self._logits = self._logits, None
-        if logits is None:  # no instances: AdelaiDet's zero, connected to the graph
-            out["loss_percep"] = out["loss_mask"].float()
+        if logits is None:  # no instances: AdelaiDet's zero (loss_mask, or BoxInst's loss_prj)
+            out["loss_percep"] = out["loss_prj" if self.boxinst_enabled else "loss_mask"].float()
             return out
         targets = [
             Instances(g.image_size, gt_bitmasks=g.gt_bitmasks.float(), gt_boxes=g.gt_boxes.tensor)

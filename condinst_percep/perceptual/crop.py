@@ -1,4 +1,5 @@
-"""Crop-to-box windows for the perceptual loss: exact, aligned to the pooling grid, bucketed.
+"""Crop-to-box for the perceptual loss: the margin that makes it exact, the windows (aligned to
+the pooling grid, bucketed, batched) and the shared targets' features cut to them.
 
 Why a crop can be exact. The loss network has zero biases, so φ(0) = 0, and the output of block
 l at a grid cell depends only on input pixels within ``r = net.support_radius(l)`` of the cell
@@ -17,11 +18,16 @@ Buckets. Each window length per axis is taken from a short ladder of lengths ≡
 below its required start, or ending exactly at the far border. Instances are grouped by
 (height, width) bucket: a few distinct shapes, each run as one batch.
 """
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-__all__ = ["CropGroup", "bucket_lengths", "gather_windows", "plan_crops", "scatter_windows"]
+__all__ = [
+    "CropGroup", "bucket_lengths", "check_crop_margin", "crop_work_items", "cropped_target_feats",
+    "full_counts", "gather_windows", "plan_crops", "scatter_windows",
+]
 
 # Multiples of the grid per bucket (ratio ≤ 1.5 between neighbours: ≤ 50 % extra per axis).
 _LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -138,3 +144,91 @@ def scatter_windows(
     channels_last_view[index[:, None, None], rows[:, :, None], cols[:, None, :]] = values.permute(
         0, 2, 3, 1
     ).to(out.dtype)
+
+
+def check_crop_margin(net: nn.Module, level: int, margin, approximate: bool) -> None:
+    """Raise ValueError unless cropping to boxes grown by ``margin`` px leaves block ``level``
+    (the deepest compared) of ``net`` exact: ``net`` must report its receptive field and map
+    0 to 0, and ``margin`` be at least its support radius there (unless ``approximate``)."""
+    if not isinstance(margin, int) or isinstance(margin, bool) or margin < 0:
+        raise ValueError(f"crop_margin must be None or an int >= 0, got {margin!r}")
+    if not all(hasattr(net, a) for a in ("support_radius", "maps_zero_to_zero", "widths")):
+        raise ValueError(
+            f"crop_margin needs a network that reports its receptive field and biases "
+            f"(RandomPerceptualNet), got {type(net).__name__}"
+        )
+    if not net.maps_zero_to_zero():
+        raise ValueError(
+            "crop_margin needs a loss network that maps 0 to 0 (zero biases); this one has "
+            "non-zero biases (e.g. the pretrained 'T' variant), so features outside the "
+            "boxes would not vanish"
+        )
+    need = net.support_radius(level)
+    if margin < need and not approximate:
+        raise ValueError(
+            f"crop_margin={margin} is below the support radius {need} px of block "
+            f"{level} (receptive field {net.receptive_field(level)} "
+            "px): the cropped loss would differ from the full one; use crop_margin >= "
+            f"{need}, or crop_approximate=True to accept the difference"
+        )
+
+
+def full_counts(widths: Sequence[int], levels: Sequence[int], size: tuple[int, int]) -> list[int]:
+    """Elements per instance of each block in ``levels`` over the full (H, W) map (block l
+    has ``widths[l]`` channels at stride 2^(l+1)): a crop's loss is normalised by these."""
+    h, w = size
+    return [widths[lv] * -(-h // 2 ** (lv + 1)) * -(-w // 2 ** (lv + 1)) for lv in levels]
+
+
+def crop_work_items(
+    boxes: torch.Tensor,
+    size: tuple[int, int],
+    margin: int,
+    grid: int,
+    chunk_size: int | None,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, int, int]]]:
+    """(index, (top, left, height, width)) per batch of crops: the groups of :func:`plan_crops`,
+    each split so that a batch holds at most ``chunk_size`` full (H, W) maps' pixels (the
+    whole group when ``chunk_size`` is None). ``index``, ``top``, ``left``: (k,) int64."""
+    area = size[0] * size[1]
+    for g in plan_crops(boxes, size, margin, grid, device):
+        k = len(g.index)
+        per = k if chunk_size is None else max(1, chunk_size * area // (g.height * g.width))
+        for s in range(0, k, per):
+            yield g.index[s : s + per], (g.top[s : s + per], g.left[s : s + per], g.height, g.width)
+
+
+def cropped_target_feats(
+    target_feats: list[torch.Tensor],
+    energies: list[torch.Tensor],
+    index: torch.Tensor,
+    window: tuple[torch.Tensor, torch.Tensor, int, int],
+    levels: Sequence[int],
+    layer_weights: Sequence[float],
+    counts: list[int],
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The features of whole targets cut to the windows of the instances, and what the cut
+    leaves out of the loss: per instance the target energy outside its window, weighted and
+    normalised as the loss's terms.
+
+    Args:
+        target_feats: per compared block (``levels``), (G, C_l, H_l, W_l) features of the G
+            whole targets; ``energies`` their per-target sums of squares, (G,) float64.
+        index: (k,) int64, each instance's target; ``window``: its crop (top, left, height,
+            width) in input pixels, as :func:`crop_work_items` gives.
+        counts: :func:`full_counts` of the compared blocks.
+
+    Returns (per block (k, C_l, h_l, w_l) cuts, (k,) float64 outside energies).
+    """
+    top, left, height, width = window
+    feats, outside = [], 0.0
+    for level, f, energy, count in zip(levels, target_feats, energies, counts):
+        cell = 2 ** (level + 1)
+        cut = gather_windows(
+            f, index, top // cell, left // cell, -(-height // cell), -(-width // cell)
+        )
+        inside = cut.double().square().flatten(1).sum(1)
+        outside = outside + layer_weights[level] * (energy[index] - inside) / count
+        feats.append(cut)
+    return feats, outside

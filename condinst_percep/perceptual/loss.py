@@ -6,7 +6,10 @@ import torch
 from torch import nn
 
 from .chunked_grad import InjectGrad, input_grad
-from .crop import gather_windows, plan_crops, scatter_windows
+from .crop import (
+    check_crop_margin, crop_work_items, cropped_target_feats, full_counts, gather_windows,
+    scatter_windows,
+)
 from .inputs import check_inputs
 from .precision import AUTOCAST_NAMES, autocast_context, autocast_dtype
 from .random_net import INITS, VGG_STRUCTURES, VGG_WIDTHS, RandomPerceptualNet, vgg_arch
@@ -110,33 +113,9 @@ class PerceptualLoss(nn.Module):
         self.crop_margin = crop_margin
         self.crop_approximate = crop_approximate
         if crop_margin is not None:
-            self._check_crop(crop_margin, crop_approximate)
+            check_crop_margin(net, self._levels[-1], crop_margin, crop_approximate)
         # Crop windows start on this grid so that pooled cells coincide with the full map's.
         self.crop_grid = 2 ** (self._levels[-1] + 1)
-
-    def _check_crop(self, margin, approximate: bool) -> None:
-        if not isinstance(margin, int) or isinstance(margin, bool) or margin < 0:
-            raise ValueError(f"crop_margin must be None or an int >= 0, got {margin!r}")
-        net = self.net
-        if not all(hasattr(net, a) for a in ("support_radius", "maps_zero_to_zero", "widths")):
-            raise ValueError(
-                f"crop_margin needs a network that reports its receptive field and biases "
-                f"(RandomPerceptualNet), got {type(net).__name__}"
-            )
-        if not net.maps_zero_to_zero():
-            raise ValueError(
-                "crop_margin needs a loss network that maps 0 to 0 (zero biases); this one has "
-                "non-zero biases (e.g. the pretrained 'T' variant), so features outside the "
-                "boxes would not vanish"
-            )
-        need = net.support_radius(self._levels[-1])
-        if margin < need and not approximate:
-            raise ValueError(
-                f"crop_margin={margin} is below the support radius {need} px of block "
-                f"{self._levels[-1]} (receptive field {net.receptive_field(self._levels[-1])} "
-                "px): the cropped loss would differ from the full one; use crop_margin >= "
-                f"{need}, or crop_approximate=True to accept the difference"
-            )
 
     @classmethod
     def check_cfg(cls, cfg, bad) -> None:
@@ -274,7 +253,8 @@ class PerceptualLoss(nn.Module):
 
         grad_needed = pred.requires_grad and torch.is_grad_enabled()
         chunked_grad = self.chunk_size is not None and grad_needed
-        counts = None if host_boxes is None else self._full_counts(pred.shape[2:])
+        size = tuple(pred.shape[2:])
+        counts = None if host_boxes is None else full_counts(self.net.widths, self._levels, size)
         context, fp16 = self._precision(pred.device.type)
         with context:
             target_feats = energies = None
@@ -289,7 +269,7 @@ class PerceptualLoss(nn.Module):
                 acc = torch.promote_types(pred.dtype, torch.float32)
                 grad = torch.zeros(pred.shape, dtype=acc, device=pred.device)
             values, order = [], []
-            for sel, window in self._work_items(n, pred.shape[2:], host_boxes, pred.device):
+            for sel, window in self._work_items(n, size, host_boxes, pred.device):
                 p = pred[sel] if window is None else gather_windows(pred, sel, *window)
                 feats, outside = self._targets_for(
                     target, target_index, target_feats, energies, sel, window, counts
@@ -326,7 +306,7 @@ class PerceptualLoss(nn.Module):
             fp16 = dtype == torch.float16
         return autocast_context(dtype, device_type), fp16
 
-    def _work_items(self, n: int, size, host_boxes, device):
+    def _work_items(self, n: int, size: tuple[int, int], host_boxes, device):
         """(selection, window) per chunk: a slice of instances and no window, or (k,) instance
         indices and their (top, left, height, width) crop windows of one bucket."""
         if host_boxes is None:
@@ -334,15 +314,9 @@ class PerceptualLoss(nn.Module):
             for start in range(0, n, chunk):
                 yield slice(start, min(start + chunk, n)), None
             return
-        area = size[0] * size[1]
-        for g in plan_crops(host_boxes, tuple(size), self.crop_margin, self.crop_grid, device):
-            k = len(g.index)
-            per = k
-            if self.chunk_size is not None:
-                per = max(1, self.chunk_size * area // (g.height * g.width))
-            for s in range(0, k, per):
-                window = (g.top[s : s + per], g.left[s : s + per], g.height, g.width)
-                yield g.index[s : s + per], window
+        yield from crop_work_items(
+            host_boxes, size, self.crop_margin, self.crop_grid, self.chunk_size, device
+        )
 
     def _targets_for(self, target, target_index, target_feats, energies, sel, window, counts):
         """Target features of one work item, and (with crops of shared targets) the weighted,
@@ -353,25 +327,9 @@ class PerceptualLoss(nn.Module):
         index = target_index[sel]
         if window is None:
             return [f[index] for f in target_feats], None
-        top, left, height, width = window
-        feats, outside = [], 0.0
-        for level, f, energy, count in zip(self._levels, target_feats, energies, counts):
-            cell = 2 ** (level + 1)
-            cut = gather_windows(
-                f, index, top // cell, left // cell, -(-height // cell), -(-width // cell)
-            )
-            inside = cut.double().square().flatten(1).sum(1)
-            outside = outside + self.layer_weights[level] * (energy[index] - inside) / count
-            feats.append(cut)
-        return feats, outside
-
-    def _full_counts(self, size) -> list[int]:
-        """Elements per instance of each compared block output of the full (H, W) map."""
-        h, w = size
-        return [
-            self.net.widths[level] * -(-h // 2 ** (level + 1)) * -(-w // 2 ** (level + 1))
-            for level in self._levels
-        ]
+        return cropped_target_feats(
+            target_feats, energies, index, window, self._levels, self.layer_weights, counts
+        )
 
     def _embed(self, x: torch.Tensor) -> list[torch.Tensor]:
         if not self.channels_last:

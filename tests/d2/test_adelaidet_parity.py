@@ -126,13 +126,14 @@ def test_detections_match_adelaidet_on_weights_as_loaded(dataset):
         assert bool(((coverage > 0.01) & (coverage < 0.95)).any()), coverage
 
 
-def write_teacher(tmp_path, cfg, weights: dict) -> list:
-    """A teacher config (AdelaiDet's R-50 YAML, our 4 classes) and a checkpoint of ``weights``."""
+def write_teacher(tmp_path, cfg, weights: dict, config: str = "CondInst/MS_R_50_1x.yaml") -> list:
+    """A teacher config (AdelaiDet's ``config`` YAML, our 4 classes) and a checkpoint of
+    ``weights``; returns the student's options that name them."""
     import os
 
     import adet
 
-    base = os.path.join(os.path.dirname(os.path.dirname(adet.__file__)), "configs/CondInst/MS_R_50_1x.yaml")
+    base = os.path.join(os.path.dirname(os.path.dirname(adet.__file__)), "configs", config)
     config_file = tmp_path / "teacher.yaml"
     config_file.write_text(
         f'_BASE_: "{base}"\nMODEL:\n  WEIGHTS: ""\n  DEVICE: "cpu"\n  FCOS:\n    NUM_CLASSES: 4\n'

@@ -1,7 +1,6 @@
-"""Bad checkpoints and bad configs through train_net.py (issue 6): every one is refused before
+"""Bad checkpoints and bad configs through train_net.py: every one is refused before
 the first iteration with an error naming the file, or the key and its value."""
 
-import logging
 import os
 import pickle
 import shutil
@@ -19,21 +18,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread_and_loggers_restored():
-    """One intra-op thread (as the subprocesses); afterwards, the loggers train_net.main set up
-    (their own handlers, no propagation) are put back, so later tests' caplog still works."""
+def _one_thread():
+    """One intra-op thread, as the subprocesses. (The loggers train_net.main sets up are put
+    back after each test by tests/conftest.py.)"""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    loggers = [logging.getLogger(name) for name in ("condinst_percep", "fvcore")]
-    saved = [(lg, lg.propagate, list(lg.handlers), lg.level) for lg in loggers]
     yield
     torch.set_num_threads(threads)
-    for lg, propagate, handlers, level in saved:
-        for handler in lg.handlers:
-            if handler not in handlers:
-                handler.close()
-        lg.handlers[:] = handlers
-        lg.propagate, lg.level = propagate, level
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +163,9 @@ BAD_VALUES = [
     ({"MODEL.PERCEP.ENABLED": True, "MODEL.CONDINST.MASK_HEAD.NAME": "PercepMaskHead",
       "MODEL.PERCEP.TARGET": "gt", "MODEL.PERCEP.STRUCTURE": "()", "MODEL.PERCEP.WIDTHS": "()"},
      "MODEL.PERCEP.STRUCTURE = (): needs at least one block"),
+    ({"MODEL.BOXINST.ENABLED": True, "MODEL.PERCEP.ENABLED": True,
+      "MODEL.CONDINST.MASK_HEAD.NAME": "PercepMaskHead", "MODEL.PERCEP.TARGET": "gt"},
+     "MODEL.PERCEP.TARGET = 'gt': BoxInst (MODEL.BOXINST.ENABLED) has no ground-truth masks"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Bad annotation files at load time, on generated files: each defect of issue 6 under both
+"""Bad annotation files at load time, on generated files: each kind of defect under both
 DATALOADER.BAD_DATA_POLICY values (refused with the file and record named, or its image left
 out), the repairs both policies make, the summary table, and what the evaluator scores."""
 

@@ -1,4 +1,4 @@
-"""Faults during training (issue 6): SIGKILL during checkpoint writes and at random moments of
+"""Faults during training: SIGKILL during checkpoint writes and at random moments of
 training, --resume after it reproducing the uninterrupted run bit for bit, and a non-finite loss
 stopping the run with the last good checkpoint intact."""
 

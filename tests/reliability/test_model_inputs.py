@@ -1,4 +1,4 @@
-"""Inputs at the edges of what the model sees (issue 6): an image smaller than the largest
+"""Inputs at the edges of what the model sees: an image smaller than the largest
 stride, a batch of very different sizes (training and inference), masks pasted at a large
 original size in bounded chunks, and the GroupNorm configuration that cannot work."""
 

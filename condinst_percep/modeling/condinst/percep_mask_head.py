@@ -103,6 +103,12 @@ class PercepMaskHead(DynamicMaskHead):
                 if not t[key]:
                     bad(f"MODEL.TEACHER.{key}", "MODEL.PERCEP.TARGET 'teacher' needs it")
         elif p.TARGET == "gt":
+            if cfg.MODEL.BOXINST.ENABLED:
+                bad(
+                    "MODEL.PERCEP.TARGET",
+                    "BoxInst (MODEL.BOXINST.ENABLED) has no ground-truth masks (its gt_bitmasks "
+                    "are the boxes); use 'teacher'",
+                )
             for key in ("CONFIG_FILE", "WEIGHTS", "AUTOCAST"):
                 if t[key]:
                     bad(f"MODEL.TEACHER.{key}", "would be ignored: MODEL.PERCEP.TARGET is 'gt'")
