@@ -2,9 +2,12 @@
 as overrides, train_net.main in this process, and a subprocess launcher with one intra-op thread
 (bitwise-reproducible on CPU)."""
 
+import contextlib
 import os
 import subprocess
 import sys
+
+import torch
 
 from condinst_percep.data import generate_shapes
 from condinst_percep.engine import default_argument_parser
@@ -16,6 +19,18 @@ import train_net  # noqa: E402
 TRAIN_NET = os.path.join(REPO, "train_net.py")
 CONFIG = os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread in this process, as the subprocesses get through ``ENV``: results are
+    then bitwise comparable across processes, and tiny models run faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def make_shapes(root) -> str:

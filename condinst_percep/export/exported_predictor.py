@@ -12,10 +12,9 @@ import torch
 from ..config import CfgNode, get_cfg
 from ..engine.predictor import BasePredictor
 from ..modeling.condinst.inference import paste_masks
-from ..structures import Instances
+from ..structures import Instances, pad_to_batch
 from .graph import (
     CONFIG_FILE, CONFIG_KEY, DIVISIBILITY_FILE, DIVISIBILITY_KEY, INPUT_NAMES, MAX_BATCH, MAX_SIDE,
-    pad_images,
 )
 
 __all__ = ["ExportedPredictor"]
@@ -87,7 +86,8 @@ class ExportedPredictor(BasePredictor):
         if len(inputs) > MAX_BATCH:
             raise ValueError(f"ExportedPredictor: {len(inputs)} images in one call; the exported "
                              f"graph takes at most {MAX_BATCH} (split the list)")
-        images, image_sizes = pad_images([x["image"] for x in inputs], self.divisibility)
+        images, sizes = pad_to_batch([x["image"] for x in inputs], self.divisibility)
+        image_sizes = torch.tensor(sizes)
         if max(images.shape[-2:]) > MAX_SIDE:
             raise ValueError(f"ExportedPredictor: images resized and padded to "
                              f"{tuple(images.shape[-2:])}; the exported graph takes sides up to "
@@ -100,7 +100,7 @@ class ExportedPredictor(BasePredictor):
         for i, (x, count) in enumerate(zip(inputs, counts)):
             rows, start = slice(start, start + count), start + count
             size = (x["height"], x["width"])
-            pasted = paste_masks(masks[rows, None], 1, tuple(image_sizes[i].tolist()), size)
+            pasted = paste_masks(masks[rows, None], 1, sizes[i], size)
             results.append(Instances(
                 size, pred_boxes=boxes[rows], scores=scores[rows], pred_classes=classes[rows],
                 pred_masks=pasted,

@@ -24,6 +24,7 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from ..config import CfgNode
+from ..structures import pad_to_batch
 from .inference_graph import OUTPUT_NAMES, CondInstGraph
 from .nms_op import ONNX_TRANSLATIONS
 
@@ -45,25 +46,14 @@ def size_divisibility(model: nn.Module) -> int:
     return model.backbone.size_divisibility or 1
 
 
-def pad_images(images: list[torch.Tensor], divisibility: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, h, w) uint8 images -> the graph's ``images`` (N, 3, Hp, Wp) uint8, zero-padded at the
-    bottom/right to multiples of ``divisibility``, and ``image_sizes`` int64 (N, 2)."""
-    sizes = torch.tensor([im.shape[-2:] for im in images], dtype=torch.int64)
-    hp, wp = (-(-int(s) // divisibility) * divisibility for s in sizes.max(dim=0).values)
-    batch = images[0].new_zeros((len(images), images[0].shape[0], hp, wp))
-    for im, padded in zip(images, batch):
-        padded[:, : im.shape[1], : im.shape[2]].copy_(im)
-    return batch, sizes
-
-
 def sample_inputs(model: nn.Module, inputs: list[dict]) -> tuple[torch.Tensor, ...]:
     """The graph's three inputs for CondInst input dicts (``image`` (3, h, w) uint8, optional
     ``height``/``width``), on the model's device."""
-    images, sizes = pad_images([x["image"] for x in inputs], size_divisibility(model))
+    images, sizes = pad_to_batch([x["image"] for x in inputs], size_divisibility(model))
     outputs = torch.tensor(
-        [[int(x.get("height", s[0])), int(x.get("width", s[1]))] for x, s in zip(inputs, sizes.tolist())]
+        [[int(x.get("height", h)), int(x.get("width", w))] for x, (h, w) in zip(inputs, sizes)]
     )
-    return tuple(t.to(model.device) for t in (images, sizes, outputs))
+    return tuple(t.to(model.device) for t in (images, torch.tensor(sizes), outputs))
 
 
 def _dynamic_shapes(model: nn.Module) -> dict:

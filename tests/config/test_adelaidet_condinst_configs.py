@@ -10,7 +10,7 @@ import torch
 
 from condinst_percep.data import generate_shapes
 from tests.conftest import REPO
-from tests.train_helpers import run_main
+from tests.train_helpers import one_thread, run_main
 
 CONFIG_DIR = os.path.join(REPO, "configs", "CondInst")
 CONFIGS = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.startswith("MS_") and f.endswith(".yaml"))
@@ -58,12 +58,8 @@ def test_config_trains(name, shapes, tmp_path):
         "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 3, "SOLVER.WARMUP_ITERS", 1,
         "OUTPUT_DIR", str(tmp_path),
     ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         run_main([str(x) for x in opts], config=os.path.join(CONFIG_DIR, f"{name}.yaml"))
-    finally:
-        torch.set_num_threads(threads)
     with open(tmp_path / "metrics.json") as f:
         records = [json.loads(line) for line in f]
     losses = {k: v for k, v in records[-1].items() if k.startswith("loss_")}

@@ -12,19 +12,16 @@ import torch
 from condinst_percep.checkpoint import CheckpointFileError, CheckpointMismatchError
 from condinst_percep.config import ConfigKeyError
 from condinst_percep.config.validate import UnsupportedConfigError
-from tests.train_helpers import CONFIG, make_shapes, run_main, tiny_opts
+from tests.train_helpers import CONFIG, make_shapes, one_thread, run_main, tiny_opts
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """One intra-op thread, as the subprocesses. (The loggers train_net.main sets up are put
-    back after each test by tests/conftest.py.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    # (The loggers train_net.main sets up are put back after each test by tests/conftest.py.)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

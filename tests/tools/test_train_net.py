@@ -15,7 +15,7 @@ from condinst_percep.config import get_cfg
 from condinst_percep.data import generate_shapes
 from tests import train_helpers
 from tests.conftest import REPO, load_tool
-from tests.train_helpers import run_main
+from tests.train_helpers import one_thread, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +25,8 @@ EVAL_KEYS = [f"{task}/{m}" for task in ("bbox", "segm") for m in ("AP", "AP50", 
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """One intra-op thread, as the subprocesses below get through OMP_NUM_THREADS=1: results
-    are then bitwise comparable across processes, and tiny models run faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from torch import nn
 from ...config.validate import Report, check_choice
 from ...layers import guard_batch_statistics
 from ...layers.host_values import segment_ids
-from ...structures import Instances
+from ...structures import Instances, pad_to_batch
 from ..fcos import FCOS
 from ..fcos.fcos_targets import mask_centroids
 from ..backbone import build_backbone, check_backbone_cfg
@@ -178,14 +178,7 @@ class CondInst(nn.Module):
             # non_blocking: a blocking host-to-GPU copy also waits for the stream's queue.
             image = image.to(self.device, non_blocking=True)
             images.append((image.float() - self.pixel_mean) / self.pixel_std)
-        image_sizes = [tuple(im.shape[-2:]) for im in images]
-        div = self.backbone.size_divisibility or 1  # 0: no rounding, as detectron2
-        hp = -(-max(h for h, _ in image_sizes) // div) * div
-        wp = -(-max(w for _, w in image_sizes) // div) * div
-        batch = images[0].new_zeros((len(images), images[0].shape[0], hp, wp))
-        for im, padded in zip(images, batch):
-            padded[:, : im.shape[1], : im.shape[2]].copy_(im)
-        return batch, image_sizes
+        return pad_to_batch(images, self.backbone.size_divisibility)
 
     def add_bitmasks(self, gt_instances: list[Instances], padded_h: int, padded_w: int) -> None:
         """Adds to each image's GT ``gt_bitmasks`` float32 (G, Hp/s, Wp/s), the padded canvas
