@@ -5,6 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from condinst_percep.checkpoint import Checkpointer
 from condinst_percep.config import get_cfg
@@ -62,6 +63,25 @@ def test_compare_grid_refuses_a_model_with_other_classes(tmp_path):
     with pytest.raises(ValueError, match="MODEL.FCOS.NUM_CLASSES is 3 but dataset .* has 2 classes"):
         compare_grid.main(["--dataset", f"coco:{json_file}:{image_root}", "--output",
                            str(tmp_path / "out"), "--model", "a", CONFIG, weights, "--opts", *opts])
+
+
+def test_compare_grid_palette_png_keeps_the_picture(tmp_path):
+    compare_grid = load_tool("compare_grid")
+    json_file, image_root = tool_exports.write_export(tmp_path / "data", tool_exports.cvat())
+    args = ["--dataset", f"coco:{json_file}:{image_root}", "--num", "1", "--confidence-threshold",
+            "0", "--model", "a", CONFIG, _weights(tmp_path)]
+    (full,) = compare_grid.main([*args, "--output", str(tmp_path / "full"), "--opts", *OPTS])
+    (small,) = compare_grid.main([*args, "--colors", "64", "--output", str(tmp_path / "pal"),
+                                  "--opts", *OPTS])
+    with Image.open(small) as im:
+        assert im.mode == "P" and len(im.getcolors()) <= 64
+        palette = np.asarray(im.convert("RGB"))[..., ::-1].astype(int)
+    exact = cv2.imread(full).astype(int)
+    assert palette.shape == exact.shape
+    # 64 colours for a noisy generated photo: a few levels off per pixel on average, not a new picture.
+    assert np.abs(palette - exact).mean() < 6, np.abs(palette - exact).mean()
+    with pytest.raises(SystemExit):
+        compare_grid.parse_args([*args, "--colors", "300", "--output", str(tmp_path / "x")])
 
 
 def test_plot_metrics_overlays_runs_per_loss(tmp_path):
