@@ -15,7 +15,6 @@ stepped or saved.
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import statistics
 import sys
@@ -33,8 +32,8 @@ ALL = "all"
 
 
 def parameter_groups(model: torch.nn.Module) -> dict[str, list[int]]:
-    """Indices into ``trainable(model)`` per top-level module (``backbone``, ``mask_head``, ...)
-    and ``all``."""
+    """Indices into ``trainable(model)`` per top-level module that has any (CondInst:
+    ``backbone``, ``proposal_generator``, ``mask_branch``, ``controller``) and ``all``."""
     groups: dict[str, list[int]] = {ALL: []}
     for i, (name, _) in enumerate(trainable(model)):
         groups[ALL].append(i)
@@ -75,19 +74,23 @@ def summarize(
     of ``loss`` on ``group``'s parameters, of its ratio to ``reference``'s norm there, and of the
     cosine between the two (NaN where either is zero)."""
     params = [p for _, p in trainable(model)]
+    losses = sorted(per_batch[0])
     rows = []
     for group, idx in parameter_groups(model).items():
-        for loss in sorted(per_batch[0]):
-            norms, ratios, cosines = [], [], []
-            for grads in per_batch:
+        stats = {loss: ([], [], []) for loss in losses}
+        for grads in per_batch:
+            r = _flat(grads[reference], params, idx)
+            r_norm = r.norm().item()
+            for loss in losses:
                 g = _flat(grads[loss], params, idx)
-                r = _flat(grads[reference], params, idx)
-                norms.append(g.norm().item())
-                denom = (g.norm() * r.norm()).item()
-                ratios.append(g.norm().item() / r.norm().item() if r.norm() > 0 else float("nan"))
-                cosines.append((g @ r).item() / denom if denom > 0 else float("nan"))
-            rows.append(dict(group=group, loss=loss, norm=statistics.median(norms),
-                             ratio=statistics.median(ratios), cosine=statistics.median(cosines)))
+                g_norm = g.norm().item()
+                norms, ratios, cosines = stats[loss]
+                norms.append(g_norm)
+                ratios.append(g_norm / r_norm if r_norm > 0 else math.nan)
+                cosines.append((g @ r).item() / (g_norm * r_norm) if g_norm * r_norm > 0 else math.nan)
+        rows += [dict(group=group, loss=loss, norm=statistics.median(norms),
+                      ratio=statistics.median(ratios), cosine=statistics.median(cosines))
+                 for loss, (norms, ratios, cosines) in stats.items()]
     return rows
 
 
@@ -117,11 +120,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if cfg.MODEL.WEIGHTS:
         Checkpointer(model).load(cfg.MODEL.WEIGHTS)
     model.train()
-    batches = itertools.islice(build_detection_train_loader(cfg), args.batches)
-    per_batch = [batch_gradients(model, batch) for batch in batches]
+    batches = iter(build_detection_train_loader(cfg))
+    per_batch = [batch_gradients(model, next(batches))]
+    # Checked on the first batch: the terms are known only once the model has run.
     if args.reference not in per_batch[0]:
         raise ValueError(f"--reference {args.reference!r} is not one of the model's losses "
                          f"{sorted(per_batch[0])}")
+    per_batch += [batch_gradients(model, next(batches)) for _ in range(args.batches - 1)]
     rows = summarize(model, per_batch, args.reference)
     print(f"{args.batches} batches of {cfg.SOLVER.IMS_PER_BATCH} images; medians over batches; "
           f"ratio and cosine against {args.reference}'s gradient on the same parameters")

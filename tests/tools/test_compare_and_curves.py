@@ -79,7 +79,8 @@ def test_compare_grid_palette_png_keeps_the_picture(tmp_path):
     exact = cv2.imread(full).astype(int)
     assert palette.shape == exact.shape
     # 64 colours for a noisy generated photo: a few levels off per pixel on average, not a new picture.
-    assert np.abs(palette - exact).mean() < 6, np.abs(palette - exact).mean()
+    error = np.abs(palette - exact).mean()
+    assert error < 6, error
     with pytest.raises(SystemExit):
         compare_grid.parse_args([*args, "--colors", "300", "--output", str(tmp_path / "x")])
 

@@ -32,7 +32,6 @@ def test_per_term_gradients_add_up_to_the_total_loss_gradient(tmp_path):
         grads = tool.batch_gradients(model, batch)
         assert {"loss_mask", "loss_percep", "loss_fcos_cls"} <= set(grads)
         params = [p for _, p in tool.trainable(model)]
-        torch.manual_seed(0)  # the same forward pass (nothing random in it; belt and braces)
         total = torch.autograd.grad(sum(model(batch).values()), params, allow_unused=True)
     for i, p in enumerate(params):
         summed = sum(g[i] for g in grads.values() if g[i] is not None)
@@ -56,8 +55,9 @@ def test_summary_scales_with_the_loss_weight(tmp_path):
         doubled = tool.main([*base, *_opts(tmp_path), "MODEL.PERCEP.LOSS_WEIGHT",
                              str(2 * get_cfg().MODEL.PERCEP.LOSS_WEIGHT)])
     by_key = {(r["group"], r["loss"]): r for r in rows}
+    doubled_by_key = {(r["group"], r["loss"]): r for r in doubled}
     for (group, loss), row in by_key.items():
-        other = {(r["group"], r["loss"]): r for r in doubled}[(group, loss)]
+        other = doubled_by_key[(group, loss)]
         factor = 2.0 if loss == "loss_percep" else 1.0
         # A linear factor on one term: its gradient doubles, the cosines do not move.
         assert other["norm"] == pytest.approx(factor * row["norm"], rel=1e-6, abs=1e-12)
