@@ -320,3 +320,13 @@ def test_audit_command_runs_the_trainer_on_the_configs_data(tmp_path, capsys):
         ("nonzero", FCOS_OUTPUTS, "fcos_losses"), ("tolist", TRAIN_LOOP, "_reduce_and_check")
     }, lines
     assert any(INPUTS in line for line in lines) and lines[-1].startswith("total 2 (allowed "), lines
+
+
+def test_cuda_sync_debug_is_refused_with_its_reason_off_cuda(capsys):
+    main = load_tool("host_sync").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--cuda-sync-debug", "--config-file",
+              os.path.join(REPO, "configs/Quickstart/CondInst_shapes.yaml"), "MODEL.DEVICE", "cpu"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "needs MODEL.DEVICE cuda" in error and "MODEL.DEVICE is 'cpu'" in error, error
