@@ -98,16 +98,10 @@ class CondInstGraph(nn.Module):
         ):
             stride = fo.strides[level]
             n, c, h, w = logits.shape
-            cls = logits.float().permute(0, 2, 3, 1).reshape(n, h * w, c).sigmoid()
+            scores, is_candidate = fo.level_scores(logits, ctrness)
             reg = (reg * stride).float().permute(0, 2, 3, 1).reshape(n, h * w, 4)
-            ctr = ctrness.float().permute(0, 2, 3, 1).reshape(n, h * w).sigmoid()
             top_feat = top_feat.permute(0, 2, 3, 1).reshape(n, h * w, top_feat.shape[1])
-            if fo.thresh_with_ctr:
-                cls = cls * ctr[:, :, None]
-            is_candidate = cls > fo.pre_nms_thresh_test
-            if not fo.thresh_with_ctr:
-                cls = cls * ctr[:, :, None]
-            scores, is_candidate = cls.reshape(n, h * w * c), is_candidate.reshape(n, h * w * c)
+            scores, is_candidate = scores.reshape(n, h * w * c), is_candidate.reshape(n, h * w * c)
             k = torch.sym_min(fo.pre_nms_topk_test, h * w * c)
             ranked = torch.where(is_candidate, scores, scores.new_full((), -1.0))
             top = ranked.topk(k, dim=1).indices.sort(dim=1).values

@@ -240,6 +240,26 @@ class FCOSOutputs(nn.Module):
                 per_image[i].append(det)
         return [self._select_over_all_levels(Instances.cat(dets)) for dets in per_image]
 
+    def level_scores(
+        self, logits: torch.Tensor, ctrness: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One level's scores and candidates, for the eager decoding and the exported graph.
+
+        ``logits`` (N, C, H, W) and ``ctrness`` (N, 1, H, W), any float dtype ->
+        ``scores`` float32 (N, H*W, C), sigmoid(cls) * sigmoid(ctr) (the detection score
+        before its square root), and ``candidates`` bool (N, H*W, C): above
+        ``pre_nms_thresh_test``, with the centerness factor (``thresh_with_ctr``) or without.
+        """
+        n, c, h, w = logits.shape
+        scores = logits.float().permute(0, 2, 3, 1).reshape(n, h * w, c).sigmoid()
+        ctr = ctrness.float().permute(0, 2, 3, 1).reshape(n, h * w, 1).sigmoid()
+        if self.thresh_with_ctr:
+            scores = scores * ctr
+        candidates = scores > self.pre_nms_thresh_test
+        if not self.thresh_with_ctr:
+            scores = scores * ctr
+        return scores, candidates
+
     def _predict_level(
         self,
         locations: torch.Tensor,
@@ -249,17 +269,11 @@ class FCOSOutputs(nn.Module):
         image_sizes: list[tuple[int, int]],
         top_feat: torch.Tensor | None,
     ) -> list[Instances]:
-        n, c = logits.shape[:2]
-        cls = logits.float().permute(0, 2, 3, 1).reshape(n, -1, c).sigmoid()
+        n = logits.shape[0]
+        cls, candidates = self.level_scores(logits, ctrness)
         reg = reg.float().permute(0, 2, 3, 1).reshape(n, -1, 4)
-        ctr = ctrness.float().permute(0, 2, 3, 1).reshape(n, -1).sigmoid()
         if top_feat is not None:
             top_feat = top_feat.permute(0, 2, 3, 1).reshape(n, reg.shape[1], -1)
-        if self.thresh_with_ctr:
-            cls = cls * ctr[:, :, None]
-        candidates = cls > self.pre_nms_thresh_test
-        if not self.thresh_with_ctr:
-            cls = cls * ctr[:, :, None]
 
         results = []
         for i in range(n):
