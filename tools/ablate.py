@@ -13,9 +13,12 @@ Trains and evaluates each variant once per seed, each run in its own process
         --write-docs docs/results.md               # configs/Facade, scored on test
     python tools/ablate.py --sweep boxinst --seeds 0 1 2 3 4 --output-dir output/ablate_boxinst \
         --write-docs docs/results.md               # BoxInst against BoxInst + loss (teacher)
+    python tools/ablate.py --sweep facade --seeds 0 1 2 3 4 --jobs 2     # two runs at a time
+    python tools/ablate.py --seeds 0 1 2 3 --gpus 0 1 2 3 MODEL.DEVICE cuda  # one run per GPU
 
 Finished runs (``ablate_result.json`` in their folder) are reused, so an interrupted ablation
-resumes where it stopped. The teacher of ``+loss (teacher)`` is the baseline run of the same seed
+resumes where it stopped. ``--jobs N`` / ``--gpus ...`` run several at once (tools/ablate_jobs.py),
+a student starting once the teacher it needs has finished. The teacher of ``+loss (teacher)`` is the baseline run of the same seed
 (its ``model_final.pth``), unless ``--teacher-weights`` names a file; in the facade sweep it is
 one run of the teacher config (the baseline trained twice as long, ``--teacher-seed``), trained
 first; in the boxinst sweep one BoxInst run at 3x the schedule, trained first likewise. The facade runs select nothing on test: they train with valid as DATASETS.TEST, then each
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 from tabulate import tabulate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ablate_jobs import Step, Task, run_tasks  # noqa: E402
 from ablate_stats import paired_table  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -258,11 +262,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--write-docs", default="",
                         help="a markdown file whose '<!-- ablate --sweep SWEEP: begin -->' ... "
                         "'<!-- ablate --sweep SWEEP: end -->' section gets the sweep's paired table")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--jobs", type=int, default=1,
+                       help="runs at once on this machine (each with OMP_NUM_THREADS = cores / "
+                       "jobs unless OMP_NUM_THREADS is set)")
+    where.add_argument("--gpus", nargs="+", default=[],
+                       help="one run at a time on each of these GPUs (CUDA_VISIBLE_DEVICES ids)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args(argv)
     if len(args.opts) % 2:
         parser.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     # Children run in the repository root (the configs' relative paths); results stay put.
     args.output_dir = os.path.abspath(args.output_dir)
     if args.teacher_weights:
@@ -270,31 +282,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _run(cmd: list[str], folder: str, dry_run: bool) -> dict[str, float] | None:
-    done = read_result(folder)
-    print(("[reused] " if done else "") + "train_net.py " + " ".join(cmd), flush=True)
-    if done is None and not dry_run:
-        subprocess.run([sys.executable, __file__, "--run-one", *cmd], check=True, cwd=REPO)
-        done = read_result(folder)
-    return done
+def slots(args: argparse.Namespace) -> list[dict[str, str]]:
+    """The environment of each slot a run can take (see ablate_jobs)."""
+    if args.gpus:
+        return [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in args.gpus]
+    if args.jobs == 1 or "OMP_NUM_THREADS" in os.environ:
+        return [{} for _ in range(args.jobs)]
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    return [{"OMP_NUM_THREADS": threads} for _ in range(args.jobs)]
+
+
+def tasks(args: argparse.Namespace) -> list[tuple[Variant, int, Task]]:
+    """(variant, seed, task) per run of ``plan``: training, then the test-set scoring where the
+    sweep has a test set (not for its teacher); a student waits for a teacher trained here."""
+    test_set = TEST_SETS.get(args.sweep)
+    out = []
+    for variant, seed, cmd in plan(args):
+        folder = run_dir(args.output_dir, variant, seed)
+        commands = [(cmd, folder)]
+        if test_set is not None and variant is not TEACHERS.get(args.sweep):
+            commands.append((test_command(cmd, test_set), os.path.join(folder, "test")))
+        steps = [Step([sys.executable, __file__, "--run-one", *c], f, "train_net.py " + " ".join(c))
+                 for c, f in commands]
+        # The last value of a key wins, as in the config merge.
+        needs = dict(zip(cmd[2::2], cmd[3::2])).get("MODEL.TEACHER.WEIGHTS", "")
+        out.append((variant, seed, Task(f"{variant.name} seed {seed}", steps,
+                                        os.path.join(folder, "model_final.pth"), needs)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> list[list]:
     args = parse_args(argv)
-    test_set = TEST_SETS.get(args.sweep)
+    planned = tasks(args)
+    for _, _, task in planned:
+        for step in task.steps:
+            print(("[reused] " if read_result(step.folder) else "") + step.label, flush=True)
+    if not args.dry_run:
+        run_tasks([task for _, _, task in planned], slots(args),
+                  lambda folder: read_result(folder) is not None, REPO)
     results: dict[str, dict[int, dict[str, float]]] = {v.name: {} for v in SWEEPS[args.sweep]}
-    for variant, seed, cmd in plan(args):
-        folder = run_dir(args.output_dir, variant, seed)
-        done = _run(cmd, folder, args.dry_run)
-        if variant is TEACHERS.get(args.sweep):
-            continue
-        if test_set is not None and (done is not None or args.dry_run):
-            done = _run(test_command(cmd, test_set), os.path.join(folder, "test"), args.dry_run)
-        if done is not None:
+    for variant, seed, task in planned:
+        done = read_result(task.steps[-1].folder)
+        if variant is not TEACHERS.get(args.sweep) and done is not None:
             results[variant.name][seed] = done
     rows = aggregate({name: list(runs.values()) for name, runs in results.items()})
     print(format_table(rows))
-    if (test_set is not None or args.sweep in TEACHERS) and any(results.values()):
+    if (args.sweep in TEST_SETS or args.sweep in TEACHERS) and any(results.values()):
         classes = FACADE_CLASSES if args.sweep == "facade" else ()
         table = paired_table(results, SWEEPS[args.sweep][0].name, classes)
         print(table)
