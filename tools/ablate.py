@@ -18,7 +18,8 @@ Trains and evaluates each variant once per seed, each run in its own process
 
 Finished runs (``ablate_result.json`` in their folder) are reused, so an interrupted ablation
 resumes where it stopped. ``--jobs N`` / ``--gpus ...`` run several at once (tools/ablate_jobs.py),
-a student starting once the teacher it needs has finished. The teacher of ``+loss (teacher)`` is the baseline run of the same seed
+a student starting once the teacher it needs has finished. The teacher of ``+loss (teacher)``
+is the baseline run of the same seed
 (its ``model_final.pth``), unless ``--teacher-weights`` names a file; in the facade sweep it is
 one run of the teacher config (the baseline trained twice as long, ``--teacher-seed``), trained
 first; in the boxinst sweep one BoxInst run at 3x the schedule, trained first likewise. The facade runs select nothing on test: they train with valid as DATASETS.TEST, then each
@@ -35,7 +36,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass, field
 

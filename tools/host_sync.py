@@ -7,10 +7,10 @@ the synchronisation points (see that module for what is counted)::
 
     python tools/host_sync.py --config-file CONFIG [KEY VALUE ...]
 
-On a GPU, ``--cuda-sync-debug`` also runs a second iteration (a fresh trainer, the loader's first batch)
-under ``torch.cuda.set_sync_debug_mode("warn")`` and lists the lines of the package where torch
-itself reported a synchronising CUDA call, then the sites found by one list and not the other:
-the audit's CPU-side list checked against the GPU's own account.
+On a GPU, ``--cuda-sync-debug`` also runs a second iteration (a fresh trainer, the loader's
+first batch) under ``torch.cuda.set_sync_debug_mode("warn")`` and lists the lines of the package
+where torch itself reported a synchronising CUDA call, then the sites found by one list and not
+the other: the audit's CPU-side list checked against the GPU's own account.
 """
 
 from __future__ import annotations
