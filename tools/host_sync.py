@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import sys
 import tempfile
-import traceback
 import warnings
 
 import torch
@@ -29,7 +29,7 @@ from condinst_percep.config import get_cfg
 from condinst_percep.data import build_detection_train_loader
 from condinst_percep.engine import Trainer
 from condinst_percep.utils.events import EventStorage
-from condinst_percep.utils.host_sync import HOST_SIDE_BY_DESIGN, HostSyncAudit
+from condinst_percep.utils.host_sync import HOST_SIDE_BY_DESIGN, HostSyncAudit, innermost_site
 
 
 def _trainer_on_one_batch(cfg) -> Trainer:
@@ -59,12 +59,8 @@ def cuda_sync_sites(cfg) -> collections.Counter[str]:
     def record(message, category, filename, lineno, file=None, line=None):
         if "synchroniz" not in str(message):
             return shown(message, category, filename, lineno, file, line)
-        for frame in reversed(traceback.extract_stack()[:-1]):
-            if os.path.abspath(frame.filename).startswith(package + os.sep):
-                where = os.path.relpath(os.path.abspath(frame.filename), os.path.dirname(package))
-                sites[f"{where}:{frame.lineno} ({frame.name})"] += 1
-                return
-        sites["<outside>"] += 1
+        site = innermost_site(sys._getframe(1), (package,))
+        sites["<outside>" if site is None else "{}:{} ({})".format(*site)] += 1
 
     trainer = _trainer_on_one_batch(cfg)
     torch.cuda.synchronize()

@@ -125,6 +125,20 @@ def _copies_host_data_to_a_device(func, args, kwargs) -> bool:
     return not isinstance(data, torch.Tensor) and kwargs.get("device") is not None
 
 
+def innermost_site(frame, roots: Iterable[str]) -> tuple[str, int, str] | None:
+    """``(path, line, function)`` of the innermost frame from ``frame`` outwards whose file lies
+    under one of ``roots`` (absolute folders) and is not this module; ``path`` relative to that
+    root's parent (``condinst_percep/...``). None if no frame does."""
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        root = next((r for r in roots if path.startswith(r + os.sep)), None)
+        if root is not None and path != _THIS_FILE:
+            where = os.path.relpath(path, os.path.dirname(root))
+            return where, frame.f_lineno, frame.f_code.co_name
+        frame = frame.f_back
+    return None
+
+
 class HostSyncAudit:
     """Context manager recording every host synchronisation point reached inside it.
 
@@ -155,25 +169,18 @@ class HostSyncAudit:
         self._modes: list = []
 
     def _record(self, op: str) -> None:
-        frame = sys._getframe(2)
-        while frame is not None:
-            path = os.path.abspath(frame.f_code.co_filename)
-            root = next((r for r in self.roots if path.startswith(r + os.sep)), None)
-            if root is not None and path != _THIS_FILE:
-                where = os.path.relpath(path, os.path.dirname(root))
-                function = frame.f_code.co_name
-                key = f"{op} at {where}:{frame.f_lineno} ({function})"
-                allow_key = next(
-                    (k for k in (where, f"{where}:{function}") if k in self.allow), None
-                )
-                if allow_key is None:
-                    self.points[key] += 1
-                else:
-                    self.allowed[key] += 1
-                    self._allow_keys_used.add(allow_key)
-                return
-            frame = frame.f_back
-        self.points[f"{op} at <outside>"] += 1
+        site = innermost_site(sys._getframe(2), self.roots)
+        if site is None:
+            self.points[f"{op} at <outside>"] += 1
+            return
+        where, line, function = site
+        key = f"{op} at {where}:{line} ({function})"
+        allow_key = next((k for k in (where, f"{where}:{function}") if k in self.allow), None)
+        if allow_key is None:
+            self.points[key] += 1
+        else:
+            self.allowed[key] += 1
+            self._allow_keys_used.add(allow_key)
 
     def __enter__(self) -> "HostSyncAudit":
         self._modes = [_MethodRecorder(self), _DispatchRecorder(self)]
