@@ -17,7 +17,10 @@ Trains and evaluates each variant once per seed, each run in its own process
     python tools/ablate.py --seeds 0 1 2 3 --gpus 0 1 2 3 MODEL.DEVICE cuda  # one run per GPU
 
 Finished runs (``ablate_result.json`` in their folder) are reused, so an interrupted ablation
-resumes where it stopped. ``--jobs N`` / ``--gpus ...`` run several at once (tools/ablate_jobs.py),
+resumes where it stopped; a run interrupted in training continues from its last checkpoint
+(``train_net.py --resume``, bit for bit the uninterrupted run), but only under the config it
+started with (its ``config.yaml``). A finished run is reused as it is: delete its folder after
+changing its config. ``--jobs N`` / ``--gpus ...`` run several at once (tools/ablate_jobs.py),
 a student starting once the teacher it needs has finished. The teacher of ``+loss (teacher)``
 is the baseline run of the same seed
 (its ``model_final.pth``), unless ``--teacher-weights`` names a file; in the facade sweep it is
@@ -242,10 +245,39 @@ def run_one(argv: list[str]) -> None:
     from condinst_percep.engine import default_argument_parser
 
     args = default_argument_parser().parse_args(argv)
+    if args.resume and not args.eval_only:
+        check_resumable(args)
     results = train_net.main(args)
     # The last OUTPUT_DIR wins, as in the config merge.
     cfg_out = args.opts[len(args.opts) - 1 - args.opts[::-1].index("OUTPUT_DIR") + 1]
     atomic_write(os.path.join(cfg_out, RESULT_FILE), lambda f: json.dump(results, f), mode="w")
+
+
+def check_resumable(args: argparse.Namespace) -> None:
+    """Refuses to continue an interrupted run (a ``last_checkpoint`` in its OUTPUT_DIR) under
+    another config than the ``config.yaml`` it started with: the checkpoint restores the state,
+    not the settings, so the rest of the run would silently train otherwise. OUTPUT_DIR itself
+    may differ (a moved folder)."""
+    from condinst_percep.config import get_cfg, load_cfg
+    from condinst_percep.config.config import flatten
+
+    cfg = load_cfg(args.config_file, args.opts)
+    saved_file = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if not (os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+            and os.path.isfile(saved_file)):
+        return
+    saved = get_cfg()
+    saved.merge_from_file(saved_file)
+    then, now = flatten(saved), flatten(cfg)
+    changed = [k for k in sorted(then.keys() | now.keys())
+               if k != "OUTPUT_DIR" and then.get(k) != now.get(k)]
+    if changed:
+        diffs = "; ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in changed[:5])
+        raise ValueError(
+            f"{cfg.OUTPUT_DIR} holds a run interrupted in training under another config "
+            f"({len(changed)} key(s) differ from its config.yaml: {diffs}); it cannot be "
+            "continued. Delete the folder to train the run afresh"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -299,7 +331,8 @@ def tasks(args: argparse.Namespace) -> list[tuple[Variant, int, Task]]:
     out = []
     for variant, seed, cmd in plan(args):
         folder = run_dir(args.output_dir, variant, seed)
-        commands = [(cmd, folder)]
+        # Flags before the KEY VALUE pairs, which take the rest of the command line.
+        commands = [([*cmd[:2], "--resume", *cmd[2:]], folder)]
         if test_set is not None and variant is not TEACHERS.get(args.sweep):
             commands.append((test_command(cmd, test_set), os.path.join(folder, "test")))
         steps = [Step([sys.executable, __file__, "--run-one", *c], f, "train_net.py " + " ".join(c))
