@@ -20,16 +20,16 @@ Finished runs (``ablate_result.json`` in their folder) are reused, so an interru
 resumes where it stopped; a run interrupted in training continues from its last checkpoint
 (``train_net.py --resume``, bit for bit the uninterrupted run), but only under the config it
 started with (its ``config.yaml``). A finished run is reused as it is: delete its folder after
-changing its config. ``--jobs N`` / ``--gpus ...`` run several at once (tools/ablate_jobs.py),
-a student starting once the teacher it needs has finished. The teacher of ``+loss (teacher)``
-is the baseline run of the same seed
-(its ``model_final.pth``), unless ``--teacher-weights`` names a file; in the facade sweep it is
-one run of the teacher config (the baseline trained twice as long, ``--teacher-seed``), trained
-first; in the boxinst sweep one BoxInst run at 3x the schedule, trained first likewise. The facade runs select nothing on test: they train with valid as DATASETS.TEST, then each
-finished model is scored once on test (``<run>/test/``), and the table (all six COCO APs of box
-and mask, per-class AP of the frequent classes, paired differences with standard error and
-p-value, see tools/ablate_stats.py) is of the test scores. Extra ``KEY VALUE`` pairs at the end
-are config overrides applied to every run.
+changing its config. ``--jobs N`` / ``--gpus ...`` run several at once (tools/ablate_jobs.py), a
+student starting once the teacher it needs has finished. The teacher of ``+loss (teacher)`` is
+the baseline run of the same seed (its ``model_final.pth``), unless ``--teacher-weights`` names
+a file; in the facade sweep it is one run of the teacher config (the baseline trained twice as
+long, ``--teacher-seed``), trained first; in the boxinst sweep one BoxInst run at 3x the
+schedule, trained first likewise. The facade runs select nothing on test: they train with valid
+as DATASETS.TEST, then each finished model is scored once on test (``<run>/test/``), and the
+table (all six COCO APs of box and mask, per-class AP of the frequent classes, paired
+differences with standard error and p-value, see tools/ablate_stats.py) is of the test scores.
+Extra ``KEY VALUE`` pairs at the end are config overrides applied to every run.
 """
 
 from __future__ import annotations
