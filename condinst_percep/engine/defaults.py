@@ -15,7 +15,9 @@ from .. import __version__
 from ..utils import comm
 from ..utils.logger import setup_logger
 
-__all__ = ["default_argument_parser", "default_setup", "seed_all_rng", "collect_env_info"]
+__all__ = [
+    "default_argument_parser", "default_setup", "seed_all_rng", "iteration_seed", "collect_env_info"
+]
 
 
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
@@ -81,6 +83,12 @@ def seed_all_rng(seed: int | None = None) -> int:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return seed
+
+
+def iteration_seed(seed: int, iteration: int, rank: int) -> int:
+    """The seed of one training iteration of one process: a function of the three numbers only
+    (numpy's ``SeedSequence``, so nearby inputs give unrelated streams), in ``[0, 2**31)``."""
+    return int(np.random.SeedSequence([seed, iteration, rank]).generate_state(1)[0]) & 0x7FFFFFFF
 
 
 def collect_env_info() -> str:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..utils import comm
 from ..utils.events import EventStorage, get_event_storage
+from .defaults import iteration_seed, seed_all_rng
 
 __all__ = ["HookBase", "StopSignals", "TrainerBase", "SimpleTrainer", "AMP_DTYPES"]
 
@@ -181,6 +182,11 @@ class SimpleTrainer(TrainerBase):
             loss with a GradScaler (CUDA only); ``torch.bfloat16`` runs it in autocast without
             scaling (CPU or CUDA).
         grad_clipper: applied to the trainable parameters' (unscaled) gradients before the step.
+        seed: if given, python's, numpy's and torch's global generators are reseeded at the
+            start of every iteration with ``iteration_seed(seed, iteration, rank)``. What an
+            iteration draws from them (e.g. ``MODEL.CONDINST.MAX_PROPOSALS``' random sample)
+            then depends on its number, not on how many iterations this process ran before
+            it, so a run resumed from a checkpoint draws what the uninterrupted run drew.
     """
 
     def __init__(
@@ -190,8 +196,10 @@ class SimpleTrainer(TrainerBase):
         optimizer: torch.optim.Optimizer,
         amp_dtype: torch.dtype | None = None,
         grad_clipper: Callable[[Iterable[torch.Tensor]], None] | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
+        self.seed = seed
         model.train()
         self.model = model
         self.data_loader = data_loader
@@ -230,6 +238,8 @@ class SimpleTrainer(TrainerBase):
         if self.stop_requested():
             self.interrupted = True
             return
+        if self.seed is not None:
+            seed_all_rng(iteration_seed(self.seed, self.iter, comm.get_rank()))
         start = time.perf_counter()
         data = next(self.data_loader_iter)
         data_time = time.perf_counter() - start

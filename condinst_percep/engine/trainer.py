@@ -109,7 +109,9 @@ class Trainer(SimpleTrainer):
     ``SOLVER.IMS_PER_BATCH`` is the batch over all processes; each process loads
     ``IMS_PER_BATCH / world_size`` images. The training data loader is built in ``train()``,
     after ``resume_or_load``, so that a resumed run continues the data stream where the
-    checkpointed run stopped.
+    checkpointed run stopped; with ``SEED >= 0`` each iteration's random draws are seeded from
+    its number (see ``SimpleTrainer``'s ``seed``), so the resumed run is the uninterrupted one,
+    bit for bit.
 
     The config is checked once, by :func:`validate_cfg` (and once more if the linear scaling
     rule of :func:`auto_scale_workers` made a new one); the builders are told so.
@@ -131,6 +133,8 @@ class Trainer(SimpleTrainer):
             optimizer=optimizer,
             amp_dtype=_amp_dtype(cfg),
             grad_clipper=build_gradient_clipper(cfg, checked=True),
+            # A random SEED (< 0) is not kept, so a resumed run cannot redraw its stream.
+            seed=cfg.SEED if cfg.SEED >= 0 else None,
         )
         self.cfg = cfg
         self.scheduler = build_lr_scheduler(cfg, optimizer, checked=True)

@@ -4,13 +4,16 @@ import itertools
 import json
 import logging
 import os
+import random
 import signal
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from condinst_percep.checkpoint import Checkpointer
+from condinst_percep.engine.defaults import iteration_seed
 from condinst_percep.engine.hooks import (
     EvalHook,
     IterationTimer,
@@ -170,6 +173,39 @@ def test_storage_refuses_mixed_smoothing_hints():
         storage.put_scalar("a", 1.0)
         with pytest.raises(ValueError, match="'a'"):
             storage.put_scalar("a", 2.0, smoothing_hint=False)
+
+
+class _Drawing(_Regressor):
+    """Records one draw from each global generator per call, as a model sampling at random."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draws: list[tuple[float, float, float]] = []
+
+    def forward(self, batch):
+        self.draws.append((torch.rand(()).item(), float(np.random.rand()), random.random()))
+        return super().forward(batch)
+
+
+def _draws(seed, start, stop):
+    torch.manual_seed(start)  # a state unlike the uninterrupted run's at `start`
+    np.random.seed(start)
+    random.seed(start)
+    model = _Drawing()
+    SimpleTrainer(model, itertools.islice(_loader(), start, None),
+                  torch.optim.SGD(model.parameters(), lr=0.01), seed=seed).train(start, stop)
+    return model.draws
+
+
+def test_seeded_iterations_draw_the_same_when_resumed():
+    straight = _draws(5, 0, 6)
+    assert _draws(5, 3, 6) == straight[3:]
+    assert len({d[0] for d in straight}) == 6  # a fresh stream per iteration, not one replayed
+    assert _draws(6, 0, 6) != straight
+    # Each process of a run draws its own stream.
+    assert len({iteration_seed(5, 3, rank) for rank in range(4)}) == 4
+    # Unseeded, the draws depend on the generators' state when the run started.
+    assert _draws(None, 3, 6) != _draws(None, 0, 6)[3:]
 
 
 class _SignalAt(_Regressor):

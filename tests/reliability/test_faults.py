@@ -116,8 +116,13 @@ MAX_ITER = 40
 
 
 def _opts(shapes, out, **extra):
+    # Both random parts of a step, as AdelaiDet's configs have them: a short side drawn per
+    # image, and a random sample of the positive locations for the mask loss (MAX_PROPOSALS
+    # 500 there; 2 clips every image here). A resumed run must redraw both as they were.
     return tiny_opts(shapes, out, **{"SOLVER.MAX_ITER": MAX_ITER, "SOLVER.STEPS": "(30,)",
-                                     "SOLVER.CHECKPOINT_PERIOD": 2, **extra})
+                                     "SOLVER.CHECKPOINT_PERIOD": 2,
+                                     "INPUT.MIN_SIZE_TRAIN": "(40, 44, 48)",
+                                     "MODEL.CONDINST.MAX_PROPOSALS": 2, **extra})
 
 
 def test_resume_after_random_sigkills_reproduces_the_uninterrupted_run(shapes, tmp_path):
